@@ -1,0 +1,1 @@
+"""Baseline PTQ methods behind the same interface as CLAMP-ViT."""

@@ -1,0 +1,45 @@
+"""Plain min-max calibration baselines: real training images (the oracle) and Gaussian noise."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from clamp.quant import QuantConfig, calibrate, quantize_model
+from clamp.task import Task
+
+
+def ptq(task: Task, model: nn.Module, config: QuantConfig, images: torch.Tensor,
+        batch_size: int = 32) -> nn.Module:
+    """Quantize the task's network and calibrate it on ``images``; the model with it back in."""
+    qnet = quantize_model(task.backbone(model), config)
+    calibrate(qnet, images.split(batch_size))
+    return task.replace_backbone(model, qnet)
+
+
+@dataclass
+class RealData:
+    """Calibration on ``n`` real training images: the upper bound data-free methods aim for."""
+
+    n: int = 32
+    name = "real"
+    label_free = True
+
+    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
+        images = task.real_images(self.n, seed)
+        return ptq(task, model, config, images), {"calibration": f"real:{self.n}", "n_calib": self.n}
+
+
+@dataclass
+class GaussianNoise:
+    """Calibration on ``n`` images of standard Gaussian noise in normalised input space."""
+
+    n: int = 32
+    name = "gaussian"
+    label_free = True
+
+    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
+        gen = torch.Generator().manual_seed(seed)
+        images = torch.randn((self.n, *task.input_spec.shape), generator=gen).to(task.device)
+        return ptq(task, model, config, images), {"calibration": f"gaussian:{self.n}", "n_calib": self.n}

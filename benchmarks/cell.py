@@ -1,0 +1,65 @@
+"""A cell is one (task, model, method, precision, seed) run; its key is a hash of its configuration."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from clamp.quant import BitPlan, QuantConfig, check_bits
+
+PRECISION = re.compile(r"^(MP-)?W(\d+)A(\d+)$")
+
+
+def parse_precision(text: str) -> tuple[int, int, bool]:
+    """'W4A8' -> (4, 8, False); 'MP-W4A8' -> mixed precision at the compression ratio of W4/A8."""
+    match = PRECISION.match(text.replace("/", ""))
+    if not match:
+        raise ValueError(f"bad precision {text!r}: write W4A8, W8A8, ... or MP-W4A8 for mixed precision")
+    return int(match[2]), int(match[3]), bool(match[1])
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything that defines a result. Where it runs (device, data folder) is not part of it."""
+
+    task: str
+    model: str
+    method: str
+    w_bits: int
+    a_bits: int
+    seed: int = 0
+    mixed: bool = False
+    n_eval: int | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    quant_options: dict[str, Any] = field(default_factory=dict)  # QuantConfig fields: observers, softmax_quant, ...
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits)
+        check_bits(self.a_bits)
+        unknown = set(self.quant_options) - {"w_observer", "a_observer", "symmetric", "softmax_quant", "exclude"}
+        if unknown:
+            raise ValueError(f"unknown quantizer options {sorted(unknown)}: use w_observer, a_observer, symmetric, "
+                             "softmax_quant or exclude")
+
+    @property
+    def precision(self) -> str:
+        return f"{'MP-' if self.mixed else ''}W{self.w_bits}A{self.a_bits}"
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def quant_config(self, exclude: tuple[str, ...] = ()) -> QuantConfig:
+        options = dict(self.quant_options)
+        options["exclude"] = tuple(exclude) + tuple(options.get("exclude", ()))
+        return QuantConfig(plan=BitPlan(self.w_bits, self.a_bits), **options)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Cell:
+        return cls(**config)

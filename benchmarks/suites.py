@@ -1,0 +1,54 @@
+"""Suites: small TOML files under benchmarks/suites/ that expand into cells.
+
+A suite has a ``task`` and one or more ``[[group]]`` tables; each group is the product of its
+``models`` x ``methods`` x ``precisions`` x ``seeds`` with optional ``method_options``
+(per method name), ``quant_options`` and ``n_eval``. Top-level keys are defaults for groups.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from benchmarks.cell import Cell, parse_precision
+
+SUITES = Path(__file__).parent / "suites"
+GROUP_KEYS = {"models", "methods", "precisions", "seeds", "method_options", "quant_options", "n_eval"}
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES.glob("*.toml"))
+
+
+def load_suite(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = SUITES / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ValueError(f"unknown suite {name_or_path!r}: "
+                         f"choose one of {', '.join(available_suites())} or a .toml path")
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def expand(suite: dict[str, Any]) -> list[Cell]:
+    """All cells of a suite, in file order, without duplicates."""
+    defaults = {k: v for k, v in suite.items() if k in GROUP_KEYS}
+    groups = suite.get("group") or [{}]
+    cells: dict[str, Cell] = {}
+    for group in groups:
+        unknown = set(group) - GROUP_KEYS
+        if unknown:
+            raise ValueError(f"unknown suite keys {sorted(unknown)}: use {', '.join(sorted(GROUP_KEYS))}")
+        g = {**defaults, **group}
+        for model, method, precision, seed in itertools.product(
+                g["models"], g["methods"], g["precisions"], g.get("seeds", [0])):
+            w_bits, a_bits, mixed = parse_precision(precision)
+            cell = Cell(task=suite["task"], model=model, method=method, w_bits=w_bits, a_bits=a_bits, seed=seed,
+                        mixed=mixed, n_eval=g.get("n_eval"),
+                        method_options=g.get("method_options", {}).get(method, {}),
+                        quant_options=g.get("quant_options", {}))
+            cells.setdefault(cell.key, cell)
+    return list(cells.values())

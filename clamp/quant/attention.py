@@ -1,0 +1,76 @@
+"""Attention adapters: re-run an attention module's forward with its two matmuls exposed.
+
+Fused attention (scaled_dot_product_attention) hides q·kᵀ and attn·v, so each attention
+implementation gets a small adapter that computes the same maths explicitly through
+QuantMatMul. Everything else about a model is generic module swapping (see wrap.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from timm.layers.attention import Attention
+from timm.models.swin_transformer import WindowAttention
+from torch import nn
+
+from clamp.quant.modules import QuantMatMul
+
+ADAPTERS: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def register_attention(fp_type: type[nn.Module]) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: the adapter replaces every module of ``fp_type`` when a model is wrapped."""
+    def wrap(adapter: type[nn.Module]) -> type[nn.Module]:
+        ADAPTERS[fp_type] = adapter
+        return adapter
+    return wrap
+
+
+class QuantAttentionBase(nn.Module):
+    """Holds the FP attention module (its qkv/proj become QuantLinear) and the two matmuls."""
+
+    def __init__(self, fp: nn.Module, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> None:
+        super().__init__()
+        self.fp, self.matmul_qk, self.matmul_av = fp, matmul_qk, matmul_av
+
+    @property
+    def proj(self) -> nn.Module:
+        """The output projection: its input is the MHSA output (heads merged) used by generation."""
+        return self.fp.proj
+
+
+@register_attention(Attention)
+class QuantViTAttention(QuantAttentionBase):
+    """timm ViT/DeiT ``Attention``."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("masked attention is not used by the ViTs this suite quantizes")
+        m = self.fp
+        B, N, _ = x.shape
+        gate = m.gate(x).sigmoid() if m.gate is not None else None
+        q, k, v = m.qkv(x).reshape(B, N, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = m.q_norm(q), m.k_norm(k)
+        attn = self.matmul_qk(q * m.scale, k.transpose(-2, -1)).softmax(dim=-1)
+        x = self.matmul_av(m.attn_drop(attn), v)
+        x = m.norm(x.transpose(1, 2).reshape(B, N, m.attn_dim))
+        if gate is not None:
+            x = x * gate
+        return m.proj_drop(m.proj(x))
+
+
+@register_attention(WindowAttention)
+class QuantWindowAttention(QuantAttentionBase):
+    """timm Swin ``WindowAttention`` (relative position bias, shifted-window mask)."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = self.fp
+        B_, N, _ = x.shape
+        q, k, v = m.qkv(x).reshape(B_, N, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = self.matmul_qk(q * m.scale, k.transpose(-2, -1)) + m._get_rel_pos_bias()
+        if mask is not None:
+            num_win = mask.shape[0]
+            attn = attn.view(-1, num_win, m.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, m.num_heads, N, N)
+        x = self.matmul_av(m.attn_drop(attn.softmax(dim=-1)), v)
+        return m.proj_drop(m.proj(x.transpose(1, 2).reshape(B_, N, -1)))

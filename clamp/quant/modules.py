@@ -1,0 +1,64 @@
+"""Quantized layers: Linear and Conv2d (per-channel weights, per-tensor input) and the matmul
+of two activations (both operands per tensor). They keep the FP module's parameters."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clamp.quant.quantizer import Quantizer
+
+
+class QuantLinear(nn.Linear):
+    """nn.Linear whose weight and input pass through fake quantizers."""
+
+    def __init__(self, fp: nn.Linear, w_quant: Quantizer, a_quant: Quantizer) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = fp.in_features, fp.out_features
+        self.weight, self.bias = fp.weight, fp.bias
+        self.w_quant, self.a_quant = w_quant, a_quant
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def quant_weight(self) -> torch.Tensor:
+        """Fake-quantized weight, cached while the quantizer is unchanged (weights are frozen in PTQ)."""
+        q = self.w_quant
+        if not q.active:
+            return self.weight
+        if torch.is_grad_enabled() and (q.scale.requires_grad or self.weight.requires_grad):
+            return q(self.weight)
+        if self._cache is None or self._cache[0] != q.version:
+            with torch.no_grad():
+                self._cache = (q.version, q(self.weight))
+        return self._cache[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.a_quant(x), self.quant_weight(), self.bias)
+
+
+class QuantConv2d(nn.Conv2d):
+    """nn.Conv2d whose weight (per output channel) and input pass through fake quantizers."""
+
+    def __init__(self, fp: nn.Conv2d, w_quant: Quantizer, a_quant: Quantizer) -> None:
+        nn.Module.__init__(self)
+        for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                     "groups", "padding_mode", "transposed", "output_padding", "_reversed_padding_repeated_twice"):
+            setattr(self, attr, getattr(fp, attr))
+        self.weight, self.bias = fp.weight, fp.bias
+        self.w_quant, self.a_quant = w_quant, a_quant
+        self._cache = None
+
+    quant_weight = QuantLinear.quant_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.a_quant(x), self.quant_weight(), self.bias)
+
+
+class QuantMatMul(nn.Module):
+    """a @ b with both operands fake-quantized: the q·kᵀ and attn·v products of attention."""
+
+    def __init__(self, a_quant: Quantizer, b_quant: Quantizer) -> None:
+        super().__init__()
+        self.a_quant, self.b_quant = a_quant, b_quant
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.a_quant(a) @ self.b_quant(b)

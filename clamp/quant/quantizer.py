@@ -1,0 +1,170 @@
+"""Fake quantizers: uniform affine (per tensor or per channel) and log2 for post-softmax values.
+
+Every method in the suite uses these, so leaderboard differences come from calibration data and
+parameter search, never from quantizer tricks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clamp.quant.observers import Observer, make_observer
+
+FP_BITS = 32
+
+
+def check_bits(bits: int) -> int:
+    """Accept 2..16 bits, or 32 meaning 'leave in floating point'."""
+    if bits != FP_BITS and not 2 <= bits <= 16:
+        raise ValueError(f"bit-width {bits} is not supported: use 2..16, or 32 to leave a tensor in FP")
+    return bits
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer grid [qmin, qmax]: unsigned for affine, signed for symmetric."""
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass (straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """x_hat = (clamp(round(x / s) + z, qmin, qmax) - z) * s, broadcasting s and z against x.
+
+    Differentiable in x (straight-through rounding) and in s, so scales can be learned. Clamping
+    before rounding gives the same values (z and the bounds are integers) and keeps the gradient
+    of values that round onto a bound.
+    """
+    q = round_ste(torch.clamp(x / scale + zero_point, qmin, qmax))
+    return (q - zero_point) * scale
+
+
+def range_to_affine(lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                    symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that map the real range [lo, hi] (widened to contain 0) onto the grid."""
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
+        return scale.clamp_min(1e-8), torch.zeros_like(scale)
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
+    zero_point = torch.clamp(torch.round(-lo / scale) + qmin, qmin, qmax)
+    return scale, zero_point
+
+
+class Quantizer(nn.Module):
+    """One quantized tensor: observes it while calibrating, fake-quantizes it once frozen.
+
+    Lifecycle: ``fp`` (pass through) -> ``calibrate`` (observe, pass through) -> ``quant``.
+    ``bits == 32`` keeps the tensor in FP whatever the state. ``mult`` scales the frozen scale;
+    it is what the evolutionary search mutates.
+    """
+
+    def __init__(self, name: str, bits: int, observer: str = "minmax", axis: int | None = None,
+                 symmetric: bool = False) -> None:
+        super().__init__()
+        self.name, self.axis, self.symmetric = name, axis, symmetric
+        self.bits = check_bits(bits)
+        self.observer_name = observer
+        self.observer: Observer = make_observer(observer, axis)
+        self.state = "fp"
+        self.mult = 1.0
+        self.version = 0  # bumped whenever the effective quantization changes; lets callers cache
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros(()))
+
+    @property
+    def active(self) -> bool:
+        return self.state == "quant" and self.bits != FP_BITS
+
+    def reset(self) -> None:
+        """Forget observed statistics and the search multiplier (before a new calibration)."""
+        self.observer = make_observer(self.observer_name, self.axis)
+        self.mult = 1.0
+        self.state = "fp"
+        self.version += 1
+
+    def freeze(self) -> None:
+        """Turn observed statistics into a scale and zero point and start quantizing."""
+        if self.bits != FP_BITS:
+            if not self.observer.seen:
+                raise RuntimeError(f"quantizer {self.name} saw no data during calibration")
+            scale, zero_point = self._params_from_observer()
+            self.scale, self.zero_point = scale, zero_point
+        self.state = "quant"
+        self.version += 1
+
+    def set_bits(self, bits: int) -> None:
+        self.bits = check_bits(bits)
+        if self.state == "quant":
+            self.freeze()
+
+    def set_mult(self, mult: float) -> None:
+        self.mult = float(mult)
+        self.version += 1
+
+    def _params_from_observer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def quantize(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return self._quant_with(x, *range_to_affine(lo, hi, self.bits, self.symmetric))
+
+        lo, hi = self.observer.range(quantize)
+        return range_to_affine(lo, hi, self.bits, self.symmetric)
+
+    def _quant_with(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        qmin, qmax = qrange(self.bits, self.symmetric)
+        return fake_quant(x, _expand(scale, x, self.axis), _expand(zero_point, x, self.axis), qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state == "calibrate":
+            self.observer.observe(x.detach())
+            return x
+        if not self.active:
+            return x
+        scale = self.scale * self.mult
+        if self.axis is None and not scale.requires_grad:
+            qmin, qmax = qrange(self.bits, self.symmetric)
+            # torch's fused kernel computes the same formula in one pass, with STE in backward
+            return torch.fake_quantize_per_tensor_affine(
+                x, scale.float().reshape(1), self.zero_point.int().reshape(1), qmin, qmax)
+        return self._quant_with(x, scale, self.zero_point)
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.axis is not None else "per-tensor"
+        return f"{self.name}, bits={self.bits}, {kind}, symmetric={self.symmetric}, state={self.state}"
+
+
+class Log2Quantizer(Quantizer):
+    """Log2 quantizer for post-softmax values in [0, hi]: x_hat = hi * 2^-q, q in [0, 2^b - 1].
+
+    Values smaller than the last level round to 0, so the grid spends its levels near 0 where
+    attention probabilities cluster.
+    """
+
+    def _params_from_observer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        hi = self.observer.hi.reshape(())  # the log grid is anchored at the observed maximum
+        return hi.clamp_min(1e-8), torch.zeros_like(hi)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state == "calibrate":
+            self.observer.observe(x.detach())
+            return x
+        if not self.active:
+            return x
+        hi = self.scale * self.mult
+        levels = 2**self.bits - 1
+        q = torch.round(-torch.log2((x / hi).clamp_min(1e-30)))
+        x_hat = torch.where(q > levels, torch.zeros_like(x), hi * torch.pow(2.0, -q.clamp(0, levels)))
+        return x + (x_hat - x).detach()
+
+
+def _expand(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Reshape a per-channel vector so it broadcasts along ``axis`` of ``x``."""
+    if axis is None or t.dim() == 0:
+        return t
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)

@@ -1,0 +1,61 @@
+"""The method registry: methods are found by name, in-process or through a Python entry point
+(group ``clamp_vit_bench.methods``), so a method in another package needs no edit to the harness."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from torch import nn
+
+from clamp.quant import QuantConfig
+from clamp.task import Task
+
+ENTRY_POINT_GROUP = "clamp_vit_bench.methods"
+_METHODS: dict[str, type[Method]] = {}
+
+
+class Method(Protocol):
+    """Turns a FP model into a quantized one for a task. ``label_free`` methods work on a bare
+    backbone (detection, segmentation). Options are constructor keyword arguments."""
+
+    name: str
+    label_free: bool
+
+    def quantize(self, task: Task, model: nn.Module, config: QuantConfig,
+                 seed: int) -> tuple[nn.Module, dict[str, Any]]:
+        """Return the quantized model and a report (at least ``calibration`` and ``n_calib``)."""
+        ...
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Class decorator registering a method in this process (tests, notebooks)."""
+    def wrap(cls: type) -> type:
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+    return wrap
+
+
+def available_methods() -> list[str]:
+    return sorted(set(_METHODS) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in _METHODS:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not found:
+            raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available_methods())} "
+                             f"or register one under the entry point group {ENTRY_POINT_GROUP}")
+        cls = found[0].load()
+        cls.name = name
+        _METHODS[name] = cls
+    return _METHODS[name]
+
+
+def make_method(name: str, **options: Any) -> Method:
+    cls = get_method(name)
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ValueError(f"bad options for method {name!r}: {err}") from None

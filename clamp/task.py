@@ -1,0 +1,50 @@
+"""What a method needs from a task: the interface every task adapter implements.
+
+Defined here, in the core, so that methods depend on the interface and never on a task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Synthetic images live in the model's normalised input space: shape (C, H, W), the
+    normalisation, and from it the valid range of every channel (pixels in [0, 1])."""
+
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def bounds(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return (0 - mean) / std, (1 - mean) / std
+
+
+class Task(Protocol):
+    """A model family, its data and its metric. ``net`` below is what methods quantize: the
+    whole classifier, or the backbone of a detector/segmentor."""
+
+    name: str
+    model_id: str
+    device: torch.device
+    input_spec: InputSpec
+    num_classes: int | None  # classes for the generation prior; None: label-free task
+    quant_exclude: tuple[str, ...]  # module names of ``net`` left in FP
+
+    def build_model(self) -> nn.Module: ...
+
+    def backbone(self, model: nn.Module) -> nn.Module: ...
+
+    def replace_backbone(self, model: nn.Module, net: nn.Module) -> nn.Module: ...
+
+    def real_images(self, n: int, seed: int) -> torch.Tensor: ...
+
+    def output_loss(self, fp_out: object, q_out: object) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...

@@ -1,0 +1,135 @@
+"""Image classification with timm models: ImageNet at paper scale, Fashion-MNIST at micro scale."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.utils import AverageMeter, accuracy
+from torch import nn
+from tqdm import tqdm
+
+import tasks.micro.models as zoo
+from clamp.task import InputSpec
+from tasks.micro import fashion_mnist
+
+IMAGENET_ENV = "CLAMP_IMAGENET"
+PAPER_MODELS = (
+    "deit_tiny_patch16_224.fb_in1k", "deit_small_patch16_224.fb_in1k", "deit_base_patch16_224.fb_in1k",
+    "vit_small_patch16_224.augreg_in21k_ft_in1k", "vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "swin_tiny_patch4_window7_224.ms_in1k", "swin_small_patch4_window7_224.ms_in1k",
+)
+
+
+def _subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
+    """A fixed random subset (ImageNet folders are sorted by class, so a prefix would be biased)."""
+    if n is None or n >= n_total:
+        return torch.arange(n_total)
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+class ClassificationTask:
+    """timm classifier by pretrained tag (or a micro model), evaluated by top-1/top-5 accuracy."""
+
+    name = "classification"
+    metric = "top1"
+    quant_exclude: tuple[str, ...] = ()  # the classifier head is quantized like the backbone
+
+    def __init__(self, model_id: str, *, data_root: str | None = None, checkpoint: str | None = None,
+                 device: str | torch.device = "cpu", n_eval: int | None = None, batch_size: int = 250) -> None:
+        if not timm.is_model(model_id.split(".")[0]):
+            raise ValueError(f"unknown model {model_id!r}: use a timm tag such as {PAPER_MODELS[0]} "
+                             f"or a micro model ({', '.join(zoo.MICRO_MODELS)})")
+        self.model_id, self.checkpoint = model_id, checkpoint
+        self.device, self.n_eval, self.batch_size = torch.device(device), n_eval, batch_size
+        self.micro = model_id.split(".")[0] in zoo.MICRO_MODELS
+        self.data_root = None if self.micro else self._imagenet_root(data_root)
+        self._model: nn.Module | None = None
+
+    @staticmethod
+    def _imagenet_root(data_root: str | None) -> Path:
+        root = data_root or os.environ.get(IMAGENET_ENV)
+        if not root or not (Path(root) / "val").is_dir():
+            raise FileNotFoundError(f"ImageNet not found at {root!r}: pass --data-root or set {IMAGENET_ENV} "
+                                    "to a folder with train/ and val/ class subfolders")
+        return Path(root)
+
+    def build_model(self) -> nn.Module:
+        """The FP model with its pretrained weights: the micro checkpoint, a checkpoint file, or the
+        local Hugging Face cache (nothing is downloaded when HF_HUB_OFFLINE=1)."""
+        if self._model is None:
+            overlay = {"file": self.checkpoint} if self.checkpoint else None
+            if self.checkpoint and not Path(self.checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist: pass an existing file")
+            try:
+                model = timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay=overlay)
+            except (OSError, RuntimeError) as err:
+                if self.micro or self.checkpoint:
+                    raise RuntimeError(f"cannot load weights for {self.model_id}: {err}") from err
+                raise RuntimeError(f"weights for {self.model_id} are not in the local Hugging Face cache: "
+                                   "pass --checkpoint PATH, or fetch them once with HF_HUB_OFFLINE unset") from err
+            self._model = model.eval().to(self.device)
+        return self._model
+
+    @property
+    def data_config(self) -> dict:
+        return resolve_data_config(model=self.build_model())
+
+    @property
+    def input_spec(self) -> InputSpec:
+        cfg = self.data_config
+        return InputSpec(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]))
+
+    @property
+    def num_classes(self) -> int:
+        return self.build_model().num_classes
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def replace_backbone(self, model: nn.Module, net: nn.Module) -> nn.Module:
+        return net
+
+    def output_loss(self, fp_out: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
+        """KL(FP || quantized) of the class distributions."""
+        return F.kl_div(F.log_softmax(q_out, -1), F.log_softmax(fp_out, -1), log_target=True, reduction="batchmean")
+
+    def _batches(self, split: str, n: int | None, seed: int):
+        """(images, labels) batches of a split in the model's own eval preprocessing."""
+        if self.micro:
+            images, labels = fashion_mnist.load_split(split)
+            idx = _subset(len(images), n, seed)
+            size = self.input_spec.shape[-1]
+            for i in range(0, len(idx), self.batch_size):
+                j = idx[i:i + self.batch_size]
+                yield fashion_mnist.to_model_input(images[j], size), labels[j]
+            return
+        folder = self.data_root / ("val" if split == "test" else "train")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} does not exist: ImageNet needs train/ and val/ class subfolders")
+        dataset = create_dataset("", root=str(folder), transform=create_transform(**self.data_config))
+        subset = torch.utils.data.Subset(dataset, _subset(len(dataset), n, seed).tolist())
+        yield from torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=4)
+
+    def real_images(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` random training images (the real-data oracle's calibration set)."""
+        return torch.cat([x for x, _ in self._batches("train", n, seed)])[:n].to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """top-1 / top-5 (percent) on the validation split, timm's accuracy and meters."""
+        model.eval()
+        top1, top5 = AverageMeter(), AverageMeter()
+        total = self.n_eval or (10000 if self.micro else 50000)
+        with tqdm(total=total, desc=f"eval {self.model_id}", unit="img", leave=False,
+                  disable=None) as bar:
+            for x, y in self._batches("test", self.n_eval, seed=0):
+                out = model(x.to(self.device))
+                acc1, acc5 = accuracy(out, y.to(self.device), topk=(1, min(5, out.shape[-1])))
+                top1.update(acc1.item(), x.shape[0])
+                top5.update(acc5.item(), x.shape[0])
+                bar.update(x.shape[0])
+        return {"top1": top1.avg, "top5": top5.avg, "n_eval": top1.count}
