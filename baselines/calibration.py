@@ -13,6 +13,8 @@ from clamp.task import Task
 def ptq(task: Task, model: nn.Module, config: QuantConfig, images: torch.Tensor,
         batch_size: int = 32) -> nn.Module:
     """Quantize the task's network and calibrate it on ``images``; the model with it back in."""
+    if config.mixed:
+        raise ValueError("this method has no mixed-precision search: run it at fixed precision (W4A8, ...)")
     qnet = quantize_model(task.backbone(model), config)
     calibrate(qnet, images.split(batch_size))
     return task.replace_backbone(model, qnet)

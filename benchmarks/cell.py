@@ -58,7 +58,7 @@ class Cell:
     def quant_config(self, exclude: tuple[str, ...] = ()) -> QuantConfig:
         options = dict(self.quant_options)
         options["exclude"] = tuple(exclude) + tuple(options.get("exclude", ()))
-        return QuantConfig(plan=BitPlan(self.w_bits, self.a_bits), **options)
+        return QuantConfig(plan=BitPlan(self.w_bits, self.a_bits), mixed=self.mixed, **options)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:

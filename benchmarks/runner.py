@@ -5,7 +5,6 @@ run loses at most the cell in flight, because every record is written atomically
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -13,7 +12,6 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,12 +19,13 @@ import torch
 from benchmarks.cell import Cell
 from benchmarks.provenance import device_name, versions
 from benchmarks.store import ResultStore, atomic_write
+from clamp.cache import cache_dir, config_key
 from clamp.quant import compression_report
 from clamp.registry import make_method
 from tasks import make_task
 
 log = logging.getLogger("clamp-bench")
-CACHE = Path(__file__).resolve().parent.parent / ".cache"
+CACHE = cache_dir("runs")
 
 
 @dataclass
@@ -45,8 +44,8 @@ class RunOptions:
 
 def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
     """FP metrics of a (task, model, weights, eval set), cached: every cell of that model shares them."""
-    config = [cell.task, cell.model, cell.n_eval, options.checkpoint, options.data_root]
-    path = CACHE / "fp" / f"{hashlib.sha256(json.dumps(config).encode()).hexdigest()[:16]}.json"
+    key = config_key([cell.task, cell.model, cell.n_eval, options.checkpoint, options.data_root])
+    path = CACHE / "fp" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     metrics = task.evaluate(task.build_model())

@@ -71,7 +71,7 @@ class ClassificationTask:
                     raise RuntimeError(f"cannot load weights for {self.model_id}: {err}") from err
                 raise RuntimeError(f"weights for {self.model_id} are not in the local Hugging Face cache: "
                                    "pass --checkpoint PATH, or fetch them once with HF_HUB_OFFLINE unset") from err
-            self._model = model.eval().to(self.device)
+            self._model = model.eval().requires_grad_(False).to(self.device)  # PTQ never trains weights
         return self._model
 
     @property

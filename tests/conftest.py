@@ -1,10 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import timm
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["CLAMP_CACHE"] = tempfile.mkdtemp(prefix="clamp-cache-")  # tests never reuse a user's cache
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

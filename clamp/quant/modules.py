@@ -24,7 +24,7 @@ class QuantLinear(nn.Linear):
         q = self.w_quant
         if not q.active:
             return self.weight
-        if torch.is_grad_enabled() and (q.scale.requires_grad or self.weight.requires_grad):
+        if q.learning:
             return q(self.weight)
         if self._cache is None or self._cache[0] != q.version:
             with torch.no_grad():

@@ -78,6 +78,11 @@ class Quantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(()))
 
     @property
+    def learning(self) -> bool:
+        """True while ``mult`` is a tensor being optimised by gradient (PSAQ-ViT V2's student)."""
+        return isinstance(self.mult, torch.Tensor) and self.mult.requires_grad
+
+    @property
     def active(self) -> bool:
         return self.state == "quant" and self.bits != FP_BITS
 
@@ -103,8 +108,9 @@ class Quantizer(nn.Module):
         if self.state == "quant":
             self.freeze()
 
-    def set_mult(self, mult: float) -> None:
-        self.mult = float(mult)
+    def set_mult(self, mult: float | torch.Tensor) -> None:
+        """Multiplier of the frozen scale: a float, or a tensor that requires grad to learn it."""
+        self.mult = mult if isinstance(mult, torch.Tensor) and mult.requires_grad else float(mult)
         self.version += 1
 
     def _params_from_observer(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +131,7 @@ class Quantizer(nn.Module):
         if not self.active:
             return x
         scale = self.scale * self.mult
-        if self.axis is None and not scale.requires_grad:
+        if self.axis is None and not self.learning:
             qmin, qmax = qrange(self.bits, self.symmetric)
             # torch's fused kernel computes the same formula in one pass, with STE in backward
             return torch.fake_quantize_per_tensor_affine(

@@ -26,6 +26,7 @@ class QuantConfig:
     symmetric: bool = False
     softmax_quant: str = "uniform"
     exclude: tuple[str, ...] = ()  # module-name prefixes left in FP (e.g. mm heads and necks)
+    mixed: bool = False  # the plan is a budget: a method may choose per-tensor bits within its compression
 
     def to_dict(self) -> dict:
         return asdict(self)

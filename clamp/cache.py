@@ -1,0 +1,59 @@
+"""Caches keyed by a hash of the full configuration: $CLAMP_CACHE, or ~/.cache/clamp-vit-bench."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import save_image
+
+from clamp.task import InputSpec
+
+log = logging.getLogger("clamp-bench")
+
+
+def cache_dir(kind: str) -> Path:
+    root = Path(os.environ.get("CLAMP_CACHE") or Path.home() / ".cache" / "clamp-vit-bench")
+    return root / kind
+
+
+def config_key(config: Any) -> str:
+    """Stable 16-hex key of a JSON-serialisable configuration."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_png_grid(x: torch.Tensor, spec: InputSpec, path: Path) -> None:
+    """Synthetic images back in pixel space, 8 per row, for a person to look at."""
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    save_image((x * std + mean).clamp(0, 1).cpu(), path, nrow=8)
+
+
+def cached_images(config: dict[str, Any], make: Callable[[], torch.Tensor],
+                  spec: InputSpec) -> tuple[torch.Tensor, Path]:
+    """Synthetic images for ``config``: loaded when cached (and intact), else made and stored
+    atomically with a PNG grid beside them. Returns the images and their path."""
+    path = cache_dir("synthetic") / f"{config_key(config)}.pt"
+    if path.is_file():
+        try:
+            x = torch.load(path, map_location="cpu", weights_only=True)
+            if tuple(x.shape[1:]) == tuple(spec.shape):
+                return x, path
+        except Exception as err:  # a torn or foreign file is regenerated, never trusted
+            log.warning("synthetic cache %s unreadable (%s): regenerating", path, err)
+    x = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(x.detach().cpu(), tmp)
+    os.replace(tmp, path)
+    (path.with_suffix(".json")).write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+    save_png_grid(x, spec, path.with_suffix(".png"))
+    return x.detach().cpu(), path

@@ -1,0 +1,1 @@
+"""Synthetic-image generation: the optimisation loop, patch-level losses and image priors."""

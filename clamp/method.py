@@ -1,0 +1,264 @@
+"""CLAMP-ViT (ECCV 2024): contrastive data-free learning for adaptive post-training quantization.
+
+Stage 1 generates synthetic images with a patch-level contrastive loss on every block's MHSA
+output. Stage 2 starts from min-max calibration on them and searches, block by block, the
+quantization parameters (scale multipliers; bit-widths too in mixed precision) with an
+evolutionary algorithm whose fitness is a local patch-contrastive loss on the block output plus
+an output loss. Cyclic adaptation: P passes over the blocks with C cycles each; every C/2 cycles
+the images are refined toward FP/quantized disagreement.
+
+Choices the paper does not pin down are options (defaults in ../shared/DESIGN.md section 5):
+the generation schedule (``rounds``) and TV prior follow PSAQ-ViT (|TV(x) - v| with a target
+scaled to the input); the refinement runs ``refine_steps`` Adam steps at ``refine_lr``; quantizers
+outside the blocks (patch embedding, Swin patch merging, head) are searched with the next block
+(the last block for the head); a mutated child replaces the worst candidate only when it is better.
+Ablations: ``data`` (contrastive / psaq / gaussian), ``search``, ``adaptation``, ``local_loss``,
+``output_loss``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clamp.cache import cached_images
+from clamp.generate.contrastive import local_contrastive_loss, patch_contrastive_loss
+from clamp.generate.features import MHSACapture, transformer_blocks
+from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
+from clamp.generate.priors import TVPrior, patch_similarity_entropy
+from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, quantize_model, quantizers
+from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
+from clamp.search.mixed import BitBudget
+from clamp.task import Task
+
+DATA_SOURCES = ("contrastive", "psaq", "gaussian")
+
+
+def block_groups(net: nn.Module) -> list[tuple[nn.Module, list[Quantizer]]]:
+    """Each transformer block with the quantizers searched together with it: its own, plus any
+    quantizer between the previous block and it (patch embedding, patch merging); quantizers
+    after the last block (final norm, head) join the last block."""
+    blocks = transformer_blocks(net)
+    groups: list[tuple[nn.Module, list[Quantizer]]] = [(block, []) for _, block in blocks]
+    pending: list[Quantizer] = []
+    index = {id(q): i for i, (_, block) in enumerate(blocks) for q in quantizers(block)}
+    for q in quantizers(net):
+        if id(q) in index:
+            groups[index[id(q)]][1].extend([*pending, q])
+            pending = []
+        else:
+            pending.append(q)
+    groups[-1][1].extend(pending)
+    return groups
+
+
+def block_tokens(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """A block's output as (B, patches, C): Swin grids flattened, ViT prefix tokens dropped."""
+    if out.dim() == 4:
+        return out.flatten(1, 2)
+    h, w = net.patch_embed.grid_size
+    return out[:, out.shape[1] - h * w:]
+
+
+class BlockOutputs:
+    """Context manager recording every block's output as patch tokens during a forward."""
+
+    def __init__(self, net: nn.Module, blocks: list[nn.Module]) -> None:
+        self.net, self.blocks, self.outputs = net, blocks, {}
+        self._handles = []
+
+    def __enter__(self) -> BlockOutputs:
+        for i, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_hook(
+                lambda _m, _a, out, i=i: self.outputs.__setitem__(i, block_tokens(self.net, out))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@dataclass
+class ClampViT:
+    n: int = 32
+    # stage 1: generation
+    data: str = "contrastive"
+    rounds: tuple[tuple[int, int], ...] = ((500, 15), (500, 30))
+    lr: float = 0.2
+    tau: float = 0.1
+    top_k: int = 4
+    ce_weight: float = 1.0
+    tv_weight: float = 0.05
+    tv_target: tuple[float, float] = (2500.0, 3000.0)
+    scale_to_input: bool = True
+    # stage 2: search and cyclic adaptation
+    search: bool = True
+    passes: int = 10
+    cycles: int = 6
+    population: int = 15
+    tournament: int = 10
+    local_loss: bool = True
+    output_loss: bool = True
+    adaptation: bool = True
+    refine_steps: int = 5
+    refine_lr: float = 0.05
+    adv_weight: float = 1.0
+    bit_choices: tuple[int, ...] = (4, 6, 8)
+    budget_penalty: float = 100.0
+
+    name = "clamp-vit"
+    label_free = True
+
+    def __post_init__(self) -> None:
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"unknown data source {self.data!r}: choose one of {', '.join(DATA_SOURCES)}")
+        if self.search and self.cycles < 2:
+            raise ValueError("cycles must be at least 2 (adaptation runs every cycles/2)")
+
+    # ---- stage 1 -------------------------------------------------------------------------
+    def data_loss(self, task: Task, net: nn.Module, capture: MHSACapture, labels: torch.Tensor | None,
+                  tv_goal: float):
+        """The generation loss of the chosen data source, as a function of a batch of images."""
+        tv = TVPrior(self.tv_weight, tuple(self.tv_target), self.scale_to_input)
+
+        def loss_fn(x: torch.Tensor) -> tuple[torch.Tensor, object]:
+            capture.clear()
+            out = net(x)
+            loss = tv(x, tv_goal)
+            if self.data == "contrastive":
+                loss = loss + sum(patch_contrastive_loss(o.grid, self.tau, self.top_k) for o in capture.outputs)
+            elif self.data == "psaq":
+                loss = loss - patch_similarity_entropy(capture.outputs)
+            if labels is not None:
+                loss = loss + self.ce_weight * F.cross_entropy(out, labels)
+            return loss, out
+        return loss_fn
+
+    def _prior_inputs(self, task: Task, seed: int) -> tuple[torch.Tensor | None, float]:
+        gen = torch.Generator().manual_seed(seed)
+        labels = None
+        if task.num_classes and self.data != "gaussian":
+            labels = torch.randint(task.num_classes, (self.n,), generator=gen).to(task.device)
+        tv_goal = TVPrior(self.tv_weight, tuple(self.tv_target), self.scale_to_input).goal(
+            (self.n, *task.input_spec.shape), gen)
+        return labels, tv_goal
+
+    def generate(self, task: Task, net: nn.Module, seed: int) -> torch.Tensor:
+        spec = task.input_spec
+        x = noise(spec, self.n, seed, task.device)
+        if self.data == "gaussian":
+            return x
+        labels, tv_goal = self._prior_inputs(task, seed)
+        config = GenerationConfig(batch=self.n, rounds=tuple(map(tuple, self.rounds)), lr=self.lr,
+                                  scale_jitter=self.scale_to_input)
+        with MHSACapture(net) as capture:
+            loss_fn = self.data_loss(task, net, capture, labels, tv_goal)
+            return optimise_images(x, lambda v: loss_fn(v)[0], spec, config, seed, f"{self.name} stage 1")
+
+    def refine(self, task: Task, net: nn.Module, qnet: nn.Module, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """Cyclic adaptation: a few generation steps with an extra term maximising L_O(FP, quantized)."""
+        labels, tv_goal = self._prior_inputs(task, seed)
+        config = GenerationConfig(batch=self.n, rounds=((self.refine_steps, self.rounds[-1][1]),), lr=self.refine_lr,
+                                  warmup=0, scale_jitter=self.scale_to_input)
+        with MHSACapture(net) as capture:
+            loss_fn = self.data_loss(task, net, capture, labels, tv_goal)
+
+            def adaptive(x: torch.Tensor) -> torch.Tensor:
+                loss, fp_out = loss_fn(x)
+                return loss - self.adv_weight * task.output_loss(fp_out, qnet(x))
+            return optimise_images(images, adaptive, task.input_spec, config, seed, "adapt")
+
+    # ---- stage 2 -------------------------------------------------------------------------
+    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
+        net = task.backbone(model)
+        gen_options = {k: v for k, v in asdict(self).items()
+                       if k in ("n", "data", "rounds", "lr", "tau", "top_k", "ce_weight", "tv_weight", "tv_target",
+                                "scale_to_input")}
+        key = {"method": self.name, "stage": 1, "options": gen_options, "model": task.model_id,
+               "checkpoint": task.checkpoint, "seed": seed}
+        images, path = cached_images(key, lambda: self.generate(task, net, seed), task.input_spec)
+        images = images.to(task.device)
+        qnet = calibrate(quantize_model(net, config), images.split(32))
+        report = {"calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(path)}
+        if self.search:
+            images, search_report = Search(self, task, net, qnet, images, config.mixed, seed).run()
+            report.update(search_report)
+        report["image_stats"] = image_stats(images, task.input_spec)
+        comp = compression_report(qnet)
+        report["bits"] = f"W{comp['mean_w_bits']:.1f}/A{comp['mean_a_bits']:.1f}"
+        return task.replace_backbone(model, qnet), report
+
+
+class Search:
+    """Stage 2 for one model: layer-wise evolutionary search with cyclic data adaptation."""
+
+    def __init__(self, method: ClampViT, task: Task, net: nn.Module, qnet: nn.Module, images: torch.Tensor,
+                 mixed: bool, seed: int) -> None:
+        self.m, self.task, self.net, self.qnet, self.images, self.mixed = method, task, net, qnet, images, mixed
+        self.seed = seed
+        self.groups = block_groups(qnet)
+        self.fp_blocks = [block for _, block in transformer_blocks(net)]
+        self.q_blocks = [block for block, _ in self.groups]
+        self.budget = BitBudget(qnet) if mixed else None
+        self.bits = {q.name: q.bits for q in quantizers(qnet)}
+        self.evo = Evolution(EvolutionConfig(method.population, method.tournament, bit_choices=method.bit_choices),
+                             random.Random(seed), mixed)
+        self.refresh_references()
+
+    @torch.no_grad()
+    def refresh_references(self) -> None:
+        with BlockOutputs(self.net, self.fp_blocks) as rec:
+            self.fp_out = self.net(self.images)
+        self.fp_block_out = rec.outputs
+
+    def apply(self, group: list[Quantizer], cand: Candidate) -> None:
+        for q in group:
+            if self.mixed and cand.bits[q.name] != q.bits:
+                q.set_bits(cand.bits[q.name])
+            q.set_mult(cand.mults[q.name])
+
+    @torch.no_grad()
+    def fitness(self, i: int, cand: Candidate) -> float:
+        self.apply(self.groups[i][1], cand)
+        with BlockOutputs(self.qnet, [self.q_blocks[i]]) as rec:
+            q_out = self.qnet(self.images)
+        f = 0.0
+        if self.m.local_loss:
+            f += local_contrastive_loss(rec.outputs[0], self.fp_block_out[i], self.m.tau).item()
+        if self.m.output_loss:
+            f += self.task.output_loss(self.fp_out, q_out).item()
+        if self.mixed:
+            self.bits.update(cand.bits)
+            f += self.m.budget_penalty * self.budget.violation(self.bits)
+        return f
+
+    def run(self) -> tuple[torch.Tensor, dict]:
+        m, history = self.m, []
+        bits_of = self.bits.__getitem__
+        for p in range(m.passes):
+            for i, (_, group) in enumerate(self.groups):
+                bits = {q.name: q.bits for q in group} if self.mixed else {}
+                start = Candidate({q.name: q.mult for q in group}, bits)
+                population = self.evo.initial(start, bits_of, lambda c, i=i: self.fitness(i, c))
+                for c in range(m.cycles):
+                    self.evo.cycle(population, bits_of, lambda c, i=i: self.fitness(i, c))
+                    if m.adaptation and (c + 1) % (m.cycles // 2) == 0:
+                        self.apply(group, best(population))
+                        self.images = m.refine(self.task, self.net, self.qnet, self.images,
+                                               self.seed + 7919 * (p * len(self.groups) + i + 1))
+                        self.refresh_references()
+                        for cand in population:
+                            cand.fitness = self.fitness(i, cand)
+                winner = best(population)
+                self.apply(group, winner)
+                if self.mixed:
+                    self.bits.update(winner.bits)
+                history.append(round(winner.fitness, 5))
+        report = {"search_fitness": [history[0], history[-1]] if history else [],
+                  "passes": m.passes, "cycles": m.cycles}
+        if self.mixed:
+            report["compression_target"] = round(self.budget.target_ratio, 4)
+        return self.images, report

@@ -1,0 +1,1 @@
+"""Layer-wise evolutionary search of quantization parameters and mixed-precision bit allocation."""

@@ -1,0 +1,155 @@
+"""CLAMP-ViT: the contrastive losses by hand, the search's guarantees, mixed precision, ablations."""
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+import clamp.method as clamp_method
+from clamp.generate.contrastive import (
+    local_contrastive_loss,
+    neighbourhood_mask,
+    patch_contrastive_loss,
+    select_positives,
+)
+from clamp.method import ClampViT, block_groups
+from clamp.quant import BitPlan, QuantConfig, calibrate, compression_report, quantize_model, quantizers
+from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
+from tasks.classification import ClassificationTask
+
+# a CLAMP-ViT small enough for a unit test; every stage still runs
+TINY = dict(n=8, rounds=((3, 15),), passes=1, cycles=2, population=4, tournament=2, refine_steps=1)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return ClassificationTask("micro_swin_patch2_window4_32", n_eval=300)
+
+
+def test_neighbourhood_on_a_4x4_grid():
+    near = neighbourhood_mask(4, 4)
+    assert set(near[0].nonzero().flatten().tolist()) == {1, 4, 5}  # corner
+    assert set(near[5].nonzero().flatten().tolist()) == {0, 1, 2, 4, 6, 8, 9, 10}  # interior
+    assert set(near[1].nonzero().flatten().tolist()) == {0, 2, 4, 5, 6}  # edge
+    assert not near.diagonal().any()
+
+
+def test_top4_positives_among_the_neighbours():
+    sim = torch.arange(16.0).repeat(16, 1)[None] / 100  # similarity to patch j grows with j
+    pos = select_positives(sim, neighbourhood_mask(4, 4)[None], k=4)[0]
+    assert set(pos[5].nonzero().flatten().tolist()) == {6, 8, 9, 10}
+    assert set(pos[0].nonzero().flatten().tolist()) == {1, 4, 5}  # only 3 candidates at a corner
+
+
+def test_identical_tokens_give_the_hand_computed_loss():
+    grid = torch.ones(1, 4, 4, 8)  # every similarity is 1
+    expected = (4 * math.log(15 / 3) + 12 * math.log(15 / 4)) / 16
+    assert patch_contrastive_loss(grid, tau=0.1).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_spatially_smooth_tokens_beat_shuffled_ones():
+    torch.manual_seed(0)
+    ys, xs = torch.meshgrid(torch.linspace(0, 3, 6), torch.linspace(0, 3, 6), indexing="ij")
+    grid = torch.stack([torch.cos(ys), torch.sin(ys), torch.cos(xs), torch.sin(xs)], -1)[None]
+    shuffled = grid.reshape(1, 36, 4)[:, torch.randperm(36)].reshape(1, 6, 6, 4)
+    assert patch_contrastive_loss(grid).item() < patch_contrastive_loss(shuffled).item()
+
+
+def test_local_loss_is_minimal_for_identical_outputs():
+    fp = torch.eye(9)[None]  # 9 orthonormal patch tokens
+    # positive similarity 1, eight negatives at 0: log(1 + 8 e^-10)
+    assert local_contrastive_loss(fp, fp, tau=0.1).item() == pytest.approx(math.log(1 + 8 * math.exp(-10)), rel=1e-4)
+    shuffled = fp[:, torch.tensor([1, 0, 2, 3, 4, 5, 6, 7, 8])]
+    assert local_contrastive_loss(shuffled, fp).item() > 1.0
+
+
+def test_search_keeps_its_best_and_never_ends_worse_than_its_start():
+    def fitness(c):
+        return sum((m - 1.03) ** 2 for m in c.mults.values())
+    evo = Evolution(EvolutionConfig(), random.Random(0))
+    start = Candidate({f"q{i}": 1.0 for i in range(5)})
+    population = evo.initial(start, lambda name: 4, fitness)
+    start_fitness = population[0].fitness
+    bests = [best(population).fitness]
+    for _ in range(200):
+        evo.cycle(population, lambda name: 4, fitness)
+        bests.append(best(population).fitness)
+    assert all(b2 <= b1 for b1, b2 in itertools.pairwise(bests))
+    assert bests[-1] < start_fitness
+    assert len(population) == 15
+
+
+def test_block_groups_cover_every_quantizer_once(task):
+    qnet = quantize_model(task.build_model(), QuantConfig())
+    groups = block_groups(qnet)
+    assert len(groups) == 4
+    names = [q.name for _, g in groups for q in g]
+    assert sorted(names) == sorted(q.name for q in quantizers(qnet))
+    assert "patch_embed.proj.weight" in {q.name for q in groups[0][1]}
+    assert "head.fc.weight" in {q.name for q in groups[-1][1]}
+    assert "layers.1.downsample.reduction.weight" in {q.name for q in groups[2][1]}
+
+
+def test_clamp_is_deterministic_under_a_seed(task):
+    model = task.build_model()
+    x = task.real_images(4, seed=0)
+    outs = []
+    for seed in (0, 0, 1):
+        qmodel, _ = ClampViT(**TINY).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed)
+        with torch.no_grad():
+            outs.append(qmodel(x))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_mixed_precision_meets_its_compression_target(task):
+    model = task.build_model()
+    config = QuantConfig(BitPlan(5, 6), mixed=True)
+    uniform = calibrate(quantize_model(model, QuantConfig(BitPlan(5, 6))), [task.real_images(4, 0)])
+    target = compression_report(uniform)
+    qmodel, report = ClampViT(**{**TINY, "passes": 2}).quantize(task, model, config, seed=0)
+    got = compression_report(qmodel)
+    assert got["compression_ratio"] >= target["compression_ratio"] * (1 - 1e-9)
+    assert got["mean_a_bits"] <= 6 + 1e-9
+    assert {q.bits for q in quantizers(qmodel)} <= {4, 6, 8}
+    assert report["compression_target"] == pytest.approx(target["compression_ratio"], rel=1e-4)
+    assert report["bits"].startswith("W")
+
+
+@pytest.mark.parametrize("options, silenced, appears", [
+    ({"search": False}, "Search.run", None),
+    ({"adaptation": False}, "ClampViT.refine", None),
+    ({"local_loss": False}, "local_contrastive_loss", None),
+    ({"output_loss": False, "adaptation": False}, "output_loss", None),  # refinement uses L_O too
+    ({"data": "gaussian"}, "patch_contrastive_loss", None),
+    ({"data": "psaq"}, "patch_contrastive_loss", "patch_similarity_entropy"),
+])
+def test_every_ablation_flag_changes_what_runs(task, monkeypatch, options, silenced, appears):
+    calls = {}
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*a, **k)
+        return wrapped
+
+    targets = {
+        "Search.run": (clamp_method.Search, "run"),
+        "ClampViT.refine": (clamp_method.ClampViT, "refine"),
+        "local_contrastive_loss": (clamp_method, "local_contrastive_loss"),
+        "output_loss": (task, "output_loss"),
+        "patch_contrastive_loss": (clamp_method, "patch_contrastive_loss"),
+        "patch_similarity_entropy": (clamp_method, "patch_similarity_entropy"),
+    }
+    for name, (owner, attr) in targets.items():
+        monkeypatch.setattr(owner, attr, counting(name, getattr(owner, attr)))
+    model = task.build_model()
+    base = {**TINY, **{k: v for k, v in options.items() if k == "adaptation"}}
+    seed = 10
+    ClampViT(**base).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed)
+    assert calls.get(silenced, 0) > 0
+    calls.clear()
+    ClampViT(**{**TINY, **options}).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed)
+    assert calls.get(silenced, 0) == 0
+    if appears:
+        assert calls.get(appears, 0) > 0

@@ -1,0 +1,91 @@
+"""Suites, the resumable runner, the result store and the leaderboard."""
+import json
+
+import pytest
+
+from benchmarks import leaderboard, runner
+from benchmarks.cell import Cell, parse_precision
+from benchmarks.runner import RunOptions, run_cells
+from benchmarks.store import ResultStore
+from benchmarks.suites import available_suites, expand, load_suite
+from clamp.registry import register_method
+
+SWIN = "micro_swin_patch2_window4_32"
+
+
+@register_method("always-fails")
+class AlwaysFails:
+    label_free = True
+
+    def quantize(self, task, model, config, seed):
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ResultStore(tmp_path / "results")
+
+
+def cell(method="gaussian", **kw):
+    return Cell("classification", SWIN, method, 4, 8, n_eval=200, **kw)
+
+
+def test_precision_parsing():
+    assert parse_precision("W4A8") == (4, 8, False)
+    assert parse_precision("MP-W4A8") == (4, 8, True)
+    with pytest.raises(ValueError, match="write W4A8"):
+        parse_precision("4/8")
+
+
+def test_micro_classification_suite_expands_to_its_cells():
+    cells = expand(load_suite("micro-classification"))
+    assert len(cells) == 12 and len({c.key for c in cells}) == 12
+    assert {c.model for c in cells} == {"micro_deit_patch4_32", SWIN}
+    assert {c.method for c in cells} == {"real", "gaussian"}
+    assert {(c.w_bits, c.a_bits) for c in cells} == {(8, 8), (4, 8), (4, 4)}
+    assert all(c.n_eval == 10000 and c.seed == 0 and not c.mixed for c in cells)
+    assert "micro-classification" in available_suites()
+
+
+def test_key_changes_with_every_field_but_not_with_order():
+    base = cell()
+    assert base.key == cell().key
+    variants = [cell(seed=1), cell(method_options={"n": 8}), cell(quant_options={"a_observer": "omse"}),
+                Cell("classification", SWIN, "gaussian", 4, 4, n_eval=200), cell(mixed=True)]
+    assert len({base.key, *(v.key for v in variants)}) == 6
+
+
+def test_rerun_skips_finished_cells_and_redoes_corrupt_ones(store, monkeypatch):
+    cells = [cell(seed=0), cell(seed=1)]
+    first = run_cells(cells, RunOptions(device="cpu"), store)
+    assert [r["status"] for r in first] == ["ok", "ok"]
+    calls = []
+    real_run_cell = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda c, o: calls.append(c.key) or real_run_cell(c, o))
+    assert run_cells(cells, RunOptions(device="cpu"), store) == first
+    assert calls == []
+    store.path(cells[1]).write_text('{"key": "')  # a torn or corrupt file is not trusted
+    run_cells(cells, RunOptions(device="cpu"), store)
+    assert calls == [cells[1].key]
+
+
+def test_failing_cell_is_recorded_and_the_rest_finish(store):
+    records = run_cells([cell("always-fails"), cell()], RunOptions(device="cpu"), store)
+    assert records[0]["status"] == "failed" and "boom" in records[0]["error"]
+    assert records[1]["status"] == "ok"
+    assert len(leaderboard.table(store, "classification")) == 1
+
+
+def test_leaderboard_is_reproducible_and_complete(store):
+    run_cells([cell(), cell(seed=3)], RunOptions(device="cpu"), store)
+    path = leaderboard.write_csv(store, "classification")
+    first = path.read_bytes()
+    assert leaderboard.write_csv(store, "classification").read_bytes() == first
+    frame = leaderboard.table(store, "classification")
+    assert list(frame.columns) == leaderboard.COLUMNS
+    row = frame.iloc[0]
+    assert row["precision"] == "W4A8" and row["calibration"] == "gaussian:32" and row["n_eval"] == 200
+    assert row["delta"] == pytest.approx(row["quant_value"] - row["fp_value"], abs=2e-3)
+    assert row["compression_ratio"] > 3 and "torch=" in row["versions"]
+    record = json.loads(store.path(cell()).read_text())
+    assert record["config"] == cell().config()
