@@ -1,25 +1,30 @@
-"""clamp-bench: run a cell or a suite, rebuild the leaderboard, list what is available.
+"""clamp-bench: run a cell or a suite, compare a new method, rebuild the leaderboard.
 
     clamp-bench suite micro-classification
-    clamp-bench run --task classification --model micro_deit_patch4_32 --method gaussian --w-bits 4 --a-bits 8
+    clamp-bench run --model micro_deit_patch4_32 --method gaussian --w-bits 4 --a-bits 8
+    clamp-bench compare --method my-method --suite micro-classification
     clamp-bench leaderboard
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 
-from benchmarks import leaderboard, suites
+import pandas as pd
+
+from benchmarks import leaderboard, published, suites
 from benchmarks.cell import Cell
 from benchmarks.runner import RunOptions, run_cells
+from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
 from clamp.registry import available_methods, get_method
 from tasks import TASKS, make_task
 
 
-def _options(value: str) -> tuple[str, object]:
+def _keyvalue(value: str) -> tuple[str, object]:
     key, _, raw = value.partition("=")
     try:
         return key, json.loads(raw)
@@ -29,23 +34,43 @@ def _options(value: str) -> tuple[str, object]:
 
 def _validate(cells: list[Cell], options: RunOptions) -> None:
     """Fail before any work on what would fail every cell: unknown models, methods, data paths."""
-    for method in {c.method for c in cells}:
+    for method in sorted({c.method for c in cells}):
         get_method(method)
-    for task, model, n_eval in {(c.task, c.model, c.n_eval) for c in cells}:
+    for task, model, n_eval in sorted({(c.task, c.model, c.n_eval) for c in cells}, key=str):
         make_task(task, model, data_root=options.data_root, checkpoint=options.checkpoint, n_eval=n_eval)
 
 
-def _run(cells: list[Cell], args: argparse.Namespace) -> int:
+def _run(cells: list[Cell], args: argparse.Namespace) -> list[dict]:
     options = RunOptions(device=args.device, data_root=args.data_root, checkpoint=args.checkpoint, force=args.force)
     _validate(cells, options)
     store = ResultStore()
-    records = run_cells(cells, options, store)
+    executor = make_executor(args.executor, partition=args.partition, gpus=args.gpus, timeout_min=args.timeout_min)
+    records = run_cells(cells, options, store, executor)
     for task in sorted({c.task for c in cells}):
         print(f"wrote {leaderboard.write_csv(store, task)}")
-    failed = [r for r in records if r["status"] != "ok"]
-    for r in failed:
-        print(f"failed: {r['config']['model']} {r['config']['method']}: {r['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    for r in records:
+        if r["status"] != "ok":
+            cfg = r["config"]
+            print(f"failed: {cfg['model']} {cfg['method']} W{cfg['w_bits']}A{cfg['a_bits']}: {r['error']}",
+                  file=sys.stderr)
+    return records
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Run ``args.method`` on the cells of a suite and print its delta against the suite's methods."""
+    suite_cells = suites.expand(suites.load_suite(args.suite))
+    options = dict(args.option)
+    mine = list({c.key: c for c in (dataclasses.replace(c, method=args.method, method_options=options)
+                                    for c in suite_cells)}.values())
+    records = [r for r in _run(mine, args) if r["status"] == "ok"]
+    theirs = [r for r in (ResultStore().load(c) for c in suite_cells) if r and r["status"] == "ok"]
+    if not theirs:
+        print(f"no leaderboard cells of suite {args.suite} yet: run `clamp-bench suite {args.suite}` first")
+    frame = pd.DataFrame([leaderboard.row(r) for r in records + theirs])
+    means = frame.groupby(["model", "precision", "method"])["quant_value"].mean().unstack("method")
+    for other in means.columns.drop(args.method):
+        means[f"delta vs {other}"] = means[args.method] - means[other]
+    print(means.round(2).to_string())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,6 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--data-root", help="dataset folder (ImageNet: with train/ and val/)")
     common.add_argument("--checkpoint", help="weights file for the model instead of the local HF cache")
     common.add_argument("--force", action="store_true", help="recompute cells that are already stored")
+    common.add_argument("--executor", default="none", choices=EXECUTORS,
+                        help="none: run here; slurm: one submitit job per cell")
+    common.add_argument("--partition", help="SLURM partition")
+    common.add_argument("--gpus", type=int, default=1, help="GPUs per SLURM job")
+    common.add_argument("--timeout-min", type=int, default=240, help="time limit of a SLURM job")
+    option = dict(type=_keyvalue, action="append", default=[], metavar="KEY=VALUE")
 
     one = sub.add_parser("run", parents=[common], help="run one cell")
     one.add_argument("--task", default="classification", choices=TASKS)
@@ -67,15 +98,18 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--mixed", action="store_true", help="mixed precision at the compression of W/A bits")
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--n-eval", type=int, help="evaluate on a fixed random subset of this size")
-    one.add_argument("--option", type=_options, action="append", default=[], metavar="KEY=VALUE",
-                     help="method option (JSON value), repeatable")
-    one.add_argument("--quant-option", type=_options, action="append", default=[], metavar="KEY=VALUE",
-                     help="quantizer option: w_observer, a_observer, symmetric, softmax_quant")
+    one.add_argument("--option", **option, help="method option (JSON value), repeatable")
+    one.add_argument("--quant-option", **option, help="w_observer, a_observer, symmetric, softmax_quant")
 
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
 
-    sub.add_parser("leaderboard", help="rebuild results/<task>.csv from the stored cells")
+    cmp = sub.add_parser("compare", parents=[common], help="run a method on a suite's cells, print its deltas")
+    cmp.add_argument("--method", required=True)
+    cmp.add_argument("--suite", required=True)
+    cmp.add_argument("--option", **option, help="option of the compared method, repeatable")
+
+    sub.add_parser("leaderboard", help="rebuild results/<task>.csv, summaries, tables, plots, published report")
     sub.add_parser("list", help="list tasks, methods and suites")
 
     args = parser.parse_args(argv)
@@ -84,13 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "run":
             cells = [Cell(args.task, args.model, args.method, args.w_bits, args.a_bits, args.seed, args.mixed,
                           args.n_eval, dict(args.option), dict(args.quant_option))]
-            sys.exit(_run(cells, args))
+            sys.exit(0 if all(r["status"] == "ok" for r in _run(cells, args)) else 1)
         if args.command == "suite":
-            sys.exit(_run(suites.expand(suites.load_suite(args.name)), args))
+            records = _run(suites.expand(suites.load_suite(args.name)), args)
+            sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+        if args.command == "compare":
+            compare(args)
         if args.command == "leaderboard":
             store = ResultStore()
             for task in TASKS:
                 print(f"wrote {leaderboard.write_csv(store, task)}")
+            print(f"wrote {published.write_report(store)}")
         if args.command == "list":
             print("tasks:   " + ", ".join(TASKS))
             print("methods: " + ", ".join(available_methods()))

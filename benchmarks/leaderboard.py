@@ -1,4 +1,6 @@
-"""Collect stored cells into one CSV per task (one row per cell) with pandas."""
+"""The leaderboard: stored cells -> one CSV per task (one row per cell), a summary over seeds,
+a markdown table and a plot of the metric against the compression ratio. Built with pandas; the
+same cells always give the same bytes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +13,7 @@ COLUMNS = ["task", "model", "method", "precision", "w_bits", "a_bits", "mean_w_b
            "compression_ratio", "size_mb", "metric", "fp_value", "quant_value", "delta", "seed", "calibration",
            "n_calib", "n_eval", "wall_s", "device", "versions", "timestamp", "config_key", "config"]
 SORT = ["model", "method", "precision", "seed", "config_key"]
+GROUP = ["task", "model", "method", "precision", "config", "metric"]
 
 
 def row(record: dict) -> dict:
@@ -44,8 +47,65 @@ def table(store: ResultStore, task: str) -> pd.DataFrame:
     return frame.sort_values(SORT, kind="stable").reset_index(drop=True)
 
 
+def summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over seeds of every (model, method, precision, options)."""
+    grouped = frame.groupby(GROUP, sort=True, dropna=False)
+    out = grouped.agg(fp_value=("fp_value", "first"), quant_mean=("quant_value", "mean"),
+                      quant_std=("quant_value", "std"), quant_min=("quant_value", "min"),
+                      quant_max=("quant_value", "max"), seeds=("seed", "count"),
+                      mean_w_bits=("mean_w_bits", "mean"), mean_a_bits=("mean_a_bits", "mean"),
+                      compression_ratio=("compression_ratio", "mean")).reset_index()
+    out["delta_mean"] = out["quant_mean"] - out["fp_value"]
+    return out.round(3)
+
+
+def markdown(summ: pd.DataFrame) -> str:
+    """One line per (model, method, options): the metric at each precision, mean ± std over seeds."""
+    if summ.empty:
+        return "(no finished cells)\n"
+    cell = summ.apply(lambda r: f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else ""), axis=1)
+    wide = summ.assign(cell=cell, method=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else ""))
+    wide = wide.pivot_table(index=["model", "fp_value", "method"], columns="precision", values="cell",
+                            aggfunc="first").reset_index().fillna("")
+    wide.columns.name = None
+    header = "| " + " | ".join(wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
+    lines = ["| " + " | ".join(str(v) for v in r) + " |" for r in wide.itertuples(index=False)]
+    return header + "\n".join(lines) + "\n"
+
+
+def plot(summ: pd.DataFrame, path: Path) -> None:
+    """Metric against compression ratio, one line per method and one panel per model; FP dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = summ[~summ["precision"].str.startswith("MP-") & (summ["config"] == "")]
+    models = sorted(fixed["model"].unique())
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        sub = fixed[fixed["model"] == model]
+        for method, m in sub.groupby("method"):
+            m = m.sort_values("compression_ratio")
+            ax.errorbar(m["compression_ratio"], m["quant_mean"], yerr=m["quant_std"].fillna(0), marker="o",
+                        capsize=3, label=method)
+        ax.axhline(sub["fp_value"].iloc[0], color="k", linestyle="--", label="FP")
+        ax.set(title=model, xlabel="compression ratio", ylabel=sub["metric"].iloc[0])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 def write_csv(store: ResultStore, task: str) -> Path:
-    """Rebuild results/<task>.csv from the stored cells; the same cells give the same bytes."""
+    """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png."""
+    frame = table(store, task)
     path = store.root / f"{task}.csv"
-    atomic_write(path, table(store, task).to_csv(index=False))
+    atomic_write(path, frame.to_csv(index=False))
+    summ = summary(frame)
+    atomic_write(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
+    atomic_write(store.root / f"{task}.md", markdown(summ))
+    plot(summ, store.root / "plots" / f"{task}.png")
     return path

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from benchmarks.cell import Cell
 from benchmarks.provenance import device_name, versions
@@ -83,34 +84,43 @@ def _cell_log(cell: Cell) -> logging.Handler:
     return handler
 
 
-def run_cells(cells: Iterable[Cell], options: RunOptions, store: ResultStore | None = None) -> list[dict[str, Any]]:
-    """Run every cell not yet stored as finished; return the records of all of them."""
+def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, Any]:
+    """Compute and store one cell; a failure is stored as a failed record. Runs in this process
+    or in a submitit job (SLURM, or submitit's local executor): the same code either way."""
+    store = ResultStore(store_root)
+    name = f"{cell.task} {cell.model} {cell.method} {cell.precision} seed={cell.seed}"
+    handler = _cell_log(cell)
+    log.addHandler(handler)
+    log.info("%s: running (%s)", name, cell.key)
+    try:
+        record = run_cell(cell, options)
+        log.info("%s: %s %.2f -> %.2f", name, record["metric"], record["fp"][record["metric"]],
+                 record["quant"][record["metric"]])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # a failing cell is recorded and the suite goes on
+        log.error("%s: failed: %s", name, err)
+        record = {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    store.save(cell, record)
+    return store.load(cell)
+
+
+def run_cells(cells: Iterable[Cell], options: RunOptions, store: ResultStore | None = None,
+              executor: Any = None) -> list[dict[str, Any]]:
+    """Run every cell not yet stored as finished, here or through a submitit ``executor``;
+    return the records of all of them, in order."""
     store = store or ResultStore()
     cells = list(cells)
-    records = []
-    for i, cell in enumerate(cells, 1):
-        name = f"[{i}/{len(cells)}] {cell.task} {cell.model} {cell.method} {cell.precision} seed={cell.seed}"
-        if not options.force and store.done(cell):
-            log.info("%s: done, skipped (%s)", name, cell.key)
-            records.append(store.load(cell))
-            continue
-        handler = _cell_log(cell)
-        log.addHandler(handler)
-        log.info("%s: running (%s)", name, cell.key)
-        try:
-            record = run_cell(cell, options)
-            log.info("%s: %s %.2f -> %.2f", name, record["metric"], record["fp"][record["metric"]],
-                     record["quant"][record["metric"]])
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as err:  # a failing cell is recorded and the suite goes on
-            log.error("%s: failed: %s", name, err)
-            log.debug(traceback.format_exc())
-            record = {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                      "traceback": traceback.format_exc()}
-        finally:
-            log.removeHandler(handler)
-            handler.close()
-        store.save(cell, record)
-        records.append(store.load(cell))
-    return records
+    todo = [c for c in cells if options.force or not store.done(c)]
+    log.info("%d cells, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    if executor is None:
+        for cell in tqdm(todo, desc="cells", unit="cell", disable=None):
+            execute_cell(cell, options, str(store.root))
+    elif todo:
+        jobs = executor.map_array(execute_cell, todo, [options] * len(todo), [str(store.root)] * len(todo))
+        for job in jobs:
+            job.result()
+    return [store.load(c) for c in cells]

@@ -203,6 +203,10 @@ class Search:
         self.fp_blocks = [block for _, block in transformer_blocks(net)]
         self.q_blocks = [block for block, _ in self.groups]
         self.budget = BitBudget(qnet) if mixed else None
+        if mixed:  # start from an admissible plan on the allowed grid: each bit-width rounded down
+            choices = sorted(method.bit_choices)
+            for q in quantizers(qnet):
+                q.set_bits(max([c for c in choices if c <= q.bits], default=choices[0]))
         self.bits = {q.name: q.bits for q in quantizers(qnet)}
         self.evo = Evolution(EvolutionConfig(method.population, method.tournament, bit_choices=method.bit_choices),
                              random.Random(seed), mixed)

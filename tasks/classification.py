@@ -6,9 +6,11 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 from timm.data import create_dataset, create_transform, resolve_data_config
-from timm.utils import AverageMeter, accuracy
+from timm.utils import accuracy
 from torch import nn
 from tqdm import tqdm
 
@@ -58,21 +60,34 @@ class ClassificationTask:
         return Path(root)
 
     def build_model(self) -> nn.Module:
-        """The FP model with its pretrained weights: the micro checkpoint, a checkpoint file, or the
-        local Hugging Face cache (nothing is downloaded when HF_HUB_OFFLINE=1)."""
+        """The FP model with its pretrained weights: the micro checkpoint, a checkpoint file, or
+        the local Hugging Face cache. Nothing is ever downloaded here."""
         if self._model is None:
-            overlay = {"file": self.checkpoint} if self.checkpoint else None
-            if self.checkpoint and not Path(self.checkpoint).is_file():
-                raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist: pass an existing file")
+            overlay = None
+            if self.checkpoint:
+                if not Path(self.checkpoint).is_file():
+                    raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist: pass an existing file")
+                overlay = {"file": self.checkpoint}
+            elif not self.micro:
+                overlay = {"file": self._cached_weights()}
             try:
                 model = timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay=overlay)
-            except (OSError, RuntimeError) as err:
-                if self.micro or self.checkpoint:
-                    raise RuntimeError(f"cannot load weights for {self.model_id}: {err}") from err
-                raise RuntimeError(f"weights for {self.model_id} are not in the local Hugging Face cache: "
-                                   "pass --checkpoint PATH, or fetch them once with HF_HUB_OFFLINE unset") from err
+            except (OSError, RuntimeError, KeyError) as err:
+                raise RuntimeError(f"cannot load weights for {self.model_id} ({err}): "
+                                   "pass a matching --checkpoint") from err
             self._model = model.eval().requires_grad_(False).to(self.device)  # PTQ never trains weights
         return self._model
+
+    def _cached_weights(self) -> str:
+        """The model's weight file in the local Hugging Face cache, or a one-line error."""
+        hub_id = timm.models.get_pretrained_cfg(self.model_id).hf_hub_id
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            path = try_to_load_from_cache(hub_id, filename) if hub_id else None
+            if isinstance(path, str):
+                return path
+        raise RuntimeError(f"weights for {self.model_id} are not in the local Hugging Face cache: pass "
+                           f"--checkpoint PATH, or fetch them once online with timm.create_model('{self.model_id}', "
+                           "pretrained=True)")
 
     @property
     def data_config(self) -> dict:
@@ -97,11 +112,13 @@ class ClassificationTask:
         """KL(FP || quantized) of the class distributions."""
         return F.kl_div(F.log_softmax(q_out, -1), F.log_softmax(fp_out, -1), log_target=True, reduction="batchmean")
 
-    def _batches(self, split: str, n: int | None, seed: int):
-        """(images, labels) batches of a split in the model's own eval preprocessing."""
+    def _batches(self, split: str, n: int | None, seed: int, shard: tuple[int, int] = (0, 1)):
+        """(images, labels) batches of a split in the model's own eval preprocessing; ``shard``
+        (rank, world size) keeps every world-th image for distributed evaluation."""
+        rank, world = shard
         if self.micro:
             images, labels = fashion_mnist.load_split(split)
-            idx = _subset(len(images), n, seed)
+            idx = _subset(len(images), n, seed)[rank::world]
             size = self.input_spec.shape[-1]
             for i in range(0, len(idx), self.batch_size):
                 j = idx[i:i + self.batch_size]
@@ -111,7 +128,7 @@ class ClassificationTask:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} does not exist: ImageNet needs train/ and val/ class subfolders")
         dataset = create_dataset("", root=str(folder), transform=create_transform(**self.data_config))
-        subset = torch.utils.data.Subset(dataset, _subset(len(dataset), n, seed).tolist())
+        subset = torch.utils.data.Subset(dataset, _subset(len(dataset), n, seed)[rank::world].tolist())
         yield from torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=4)
 
     def real_images(self, n: int, seed: int) -> torch.Tensor:
@@ -120,16 +137,20 @@ class ClassificationTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """top-1 / top-5 (percent) on the validation split, timm's accuracy and meters."""
+        """top-1 / top-5 (percent) on the validation split with timm's ``accuracy``. Under
+        torch.distributed (torchrun) every rank evaluates a shard and the counts are summed."""
         model.eval()
-        top1, top5 = AverageMeter(), AverageMeter()
+        shard = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        counts = torch.zeros(3, dtype=torch.float64)  # correct top-1, correct top-5, images
         total = self.n_eval or (10000 if self.micro else 50000)
-        with tqdm(total=total, desc=f"eval {self.model_id}", unit="img", leave=False,
+        with tqdm(total=total // shard[1], desc=f"eval {self.model_id}", unit="img", leave=False,
                   disable=None) as bar:
-            for x, y in self._batches("test", self.n_eval, seed=0):
+            for x, y in self._batches("test", self.n_eval, seed=0, shard=shard):
                 out = model(x.to(self.device))
                 acc1, acc5 = accuracy(out, y.to(self.device), topk=(1, min(5, out.shape[-1])))
-                top1.update(acc1.item(), x.shape[0])
-                top5.update(acc5.item(), x.shape[0])
+                counts += torch.tensor([acc1.item(), acc5.item(), 100.0]) * x.shape[0] / 100
                 bar.update(x.shape[0])
-        return {"top1": top1.avg, "top5": top5.avg, "n_eval": top1.count}
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        correct1, correct5, n = counts.round().tolist()
+        return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "n_eval": int(n)}

@@ -57,7 +57,7 @@ def test_spatially_smooth_tokens_beat_shuffled_ones():
 
 
 def test_local_loss_is_minimal_for_identical_outputs():
-    fp = torch.eye(9)[None]  # 9 orthonormal patch tokens
+    fp = torch.eye(9, dtype=torch.float64)[None]  # 9 orthonormal patch tokens
     # positive similarity 1, eight negatives at 0: log(1 + 8 e^-10)
     assert local_contrastive_loss(fp, fp, tau=0.1).item() == pytest.approx(math.log(1 + 8 * math.exp(-10)), rel=1e-4)
     shuffled = fp[:, torch.tensor([1, 0, 2, 3, 4, 5, 6, 7, 8])]
@@ -116,15 +116,15 @@ def test_mixed_precision_meets_its_compression_target(task):
     assert report["bits"].startswith("W")
 
 
-@pytest.mark.parametrize("options, silenced, appears", [
-    ({"search": False}, "Search.run", None),
-    ({"adaptation": False}, "ClampViT.refine", None),
-    ({"local_loss": False}, "local_contrastive_loss", None),
-    ({"output_loss": False, "adaptation": False}, "output_loss", None),  # refinement uses L_O too
-    ({"data": "gaussian"}, "patch_contrastive_loss", None),
-    ({"data": "psaq"}, "patch_contrastive_loss", "patch_similarity_entropy"),
+@pytest.mark.parametrize("base, options, silenced, appears", [
+    ({}, {"search": False}, "Search.run", None),
+    ({}, {"adaptation": False}, "ClampViT.refine", None),
+    ({}, {"local_loss": False}, "local_contrastive_loss", None),
+    ({"adaptation": False}, {"output_loss": False}, "output_loss", None),  # refinement uses L_O too
+    ({}, {"data": "gaussian"}, "patch_contrastive_loss", None),
+    ({}, {"data": "psaq"}, "patch_contrastive_loss", "patch_similarity_entropy"),
 ])
-def test_every_ablation_flag_changes_what_runs(task, monkeypatch, options, silenced, appears):
+def test_every_ablation_flag_changes_what_runs(task, monkeypatch, base, options, silenced, appears):
     calls = {}
 
     def counting(name, fn):
@@ -144,12 +144,10 @@ def test_every_ablation_flag_changes_what_runs(task, monkeypatch, options, silen
     for name, (owner, attr) in targets.items():
         monkeypatch.setattr(owner, attr, counting(name, getattr(owner, attr)))
     model = task.build_model()
-    base = {**TINY, **{k: v for k, v in options.items() if k == "adaptation"}}
-    seed = 10
-    ClampViT(**base).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed)
+    ClampViT(**TINY, **base).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed=10)
     assert calls.get(silenced, 0) > 0
     calls.clear()
-    ClampViT(**{**TINY, **options}).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed)
+    ClampViT(**{**TINY, **base, **options}).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed=10)
     assert calls.get(silenced, 0) == 0
     if appears:
         assert calls.get(appears, 0) > 0

@@ -74,6 +74,7 @@ class Quantizer(nn.Module):
         self.state = "fp"
         self.mult = 1.0
         self.version = 0  # bumped whenever the effective quantization changes; lets callers cache
+        self._fused: tuple | None = None  # (version, scale, zero point, qmin, qmax) as Python scalars
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
 
@@ -130,13 +131,14 @@ class Quantizer(nn.Module):
             return x
         if not self.active:
             return x
-        scale = self.scale * self.mult
         if self.axis is None and not self.learning:
-            qmin, qmax = qrange(self.bits, self.symmetric)
-            # torch's fused kernel computes the same formula in one pass, with STE in backward
-            return torch.fake_quantize_per_tensor_affine(
-                x, scale.float().reshape(1), self.zero_point.int().reshape(1), qmin, qmax)
-        return self._quant_with(x, scale, self.zero_point)
+            # torch's fused kernel computes the same formula in one pass, with STE in backward;
+            # its scalar overload needs no tensor work per call
+            if self._fused is None or self._fused[0] != self.version:
+                self._fused = (self.version, float(self.scale * self.mult), int(self.zero_point),
+                               *qrange(self.bits, self.symmetric))
+            return torch.fake_quantize_per_tensor_affine(x, *self._fused[1:])
+        return self._quant_with(x, self.scale * self.mult, self.zero_point)
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.axis is not None else "per-tensor"

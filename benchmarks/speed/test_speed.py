@@ -1,0 +1,90 @@
+"""Speed benchmarks (pytest-benchmark): `tox -e speed`, JSON under results/benchmarks/.
+
+Targets (checked by reading the JSON, never asserted): fake-quant forward at most 1.3x the FP
+forward of the same micro model and batch; a full CLAMP-ViT micro cell under 5 minutes on 2 cores.
+"""
+import random
+
+import pytest
+import torch
+
+from baselines.psaq import PSAQViT
+from clamp.generate.features import MHSACapture
+from clamp.method import ClampViT, Search
+from clamp.quant import BitPlan, QuantConfig, calibrate, quantize_model
+from clamp.search.evolution import Candidate
+
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def batch(deit_task):
+    return deit_task.real_images(BATCH, seed=0)
+
+
+@pytest.fixture(scope="module")
+def qnet(deit_task, batch):
+    return calibrate(quantize_model(deit_task.build_model(), QuantConfig(BitPlan(4, 8))), [batch])
+
+
+@pytest.mark.benchmark(group="forward")
+def test_fp_forward(benchmark, deit_task, batch):
+    net = deit_task.build_model()
+    with torch.no_grad():
+        benchmark(net, batch)
+
+
+@pytest.mark.benchmark(group="forward")
+def test_fake_quant_forward(benchmark, qnet, batch):
+    with torch.no_grad():
+        benchmark(qnet, batch)
+
+
+def _one_step(benchmark, net, loss_fn, shape):
+    x = torch.randn(shape, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.2, betas=(0.5, 0.9))
+
+    def step():
+        loss = loss_fn(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    benchmark(step)
+
+
+@pytest.mark.benchmark(group="generation")
+def test_psaq_generation_step(benchmark, deit_task):
+    net, method = deit_task.build_model(), PSAQViT()
+    labels = torch.randint(10, (BATCH,))
+    with MHSACapture(net) as capture:
+        def loss_fn(x):
+            capture.clear()
+            out = net(x)
+            return method.prior_loss(x, capture, 100.0) + torch.nn.functional.cross_entropy(out, labels)
+        _one_step(benchmark, net, loss_fn, (BATCH, 3, 32, 32))
+
+
+@pytest.mark.benchmark(group="generation")
+def test_clamp_generation_step(benchmark, deit_task):
+    net, method = deit_task.build_model(), ClampViT()
+    labels = torch.randint(10, (BATCH,))
+    with MHSACapture(net) as capture:
+        loss_fn = method.data_loss(deit_task, net, capture, labels, 100.0)
+        _one_step(benchmark, net, lambda x: loss_fn(x)[0], (BATCH, 3, 32, 32))
+
+
+@pytest.mark.benchmark(group="search")
+def test_clamp_search_generation(benchmark, deit_task, qnet, batch):
+    search = Search(ClampViT(), deit_task, deit_task.build_model(), qnet, batch, mixed=False, seed=0)
+    _, group = search.groups[1]
+    start = Candidate({q.name: 1.0 for q in group})
+    population = search.evo.initial(start, search.bits.__getitem__, lambda c: search.fitness(1, c))
+    random.seed(0)
+    benchmark(search.evo.cycle, population, search.bits.__getitem__, lambda c: search.fitness(1, c))
+
+
+@pytest.mark.benchmark(group="cell")
+def test_clamp_full_micro_cell(benchmark, deit_task):
+    model = deit_task.build_model()
+    benchmark.pedantic(ClampViT().quantize, args=(deit_task, model, QuantConfig(BitPlan(4, 8)), 0),
+                       rounds=1, iterations=1)
