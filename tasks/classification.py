@@ -72,7 +72,7 @@ class ClassificationTask:
                 overlay = {"file": self._cached_weights()}
             try:
                 model = timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay=overlay)
-            except (OSError, RuntimeError, KeyError) as err:
+            except Exception as err:  # corrupt or mismatched weights of any format
                 raise RuntimeError(f"cannot load weights for {self.model_id} ({err}): "
                                    "pass a matching --checkpoint") from err
             self._model = model.eval().requires_grad_(False).to(self.device)  # PTQ never trains weights
