@@ -160,3 +160,12 @@ def test_exclude_leaves_head_in_fp(tiny_vit):
     assert type(qmodel.head) is nn.Linear
     with pytest.raises(ValueError, match="no Linear, Conv2d or attention"):
         quantize_model(nn.Sequential(nn.ReLU()), QuantConfig())
+
+
+def test_inference_fast_path_equals_the_differentiable_path():
+    torch.manual_seed(0)
+    x = torch.randn(1000) * 3
+    q = frozen(Quantizer("t", 4), x)
+    fast = q(x)
+    slow = q(x.clone().requires_grad_(True))
+    assert torch.equal(fast, slow.detach())

@@ -74,7 +74,7 @@ class Quantizer(nn.Module):
         self.state = "fp"
         self.mult = 1.0
         self.version = 0  # bumped whenever the effective quantization changes; lets callers cache
-        self._fused: tuple | None = None  # (version, scale, zero point, qmin, qmax) as Python scalars
+        self._fast: tuple | None = None  # (version, scale, qmin - z, qmax - z) as Python scalars
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("zero_point", torch.zeros(()))
 
@@ -131,13 +131,16 @@ class Quantizer(nn.Module):
             return x
         if not self.active:
             return x
-        if self.axis is None and not self.learning:
-            # torch's fused kernel computes the same formula in one pass, with STE in backward;
-            # its scalar overload needs no tensor work per call
-            if self._fused is None or self._fused[0] != self.version:
-                self._fused = (self.version, float(self.scale * self.mult), int(self.zero_point),
-                               *qrange(self.bits, self.symmetric))
-            return torch.fake_quantize_per_tensor_affine(x, *self._fused[1:])
+        if self.axis is None and not self.learning and not (x.requires_grad and torch.is_grad_enabled()):
+            # inference fast path, same values: clamp(round(x/s) + z, qmin, qmax) - z equals
+            # clamp(round(x/s), qmin - z, qmax - z) for an integer z; in place on a fresh tensor
+            # it is several times faster than torch's fused fake-quant kernel on CPU
+            if self._fast is None or self._fast[0] != self.version:
+                qmin, qmax = qrange(self.bits, self.symmetric)
+                z = int(self.zero_point)
+                self._fast = (self.version, float(self.scale * self.mult), qmin - z, qmax - z)
+            _, scale, lo, hi = self._fast
+            return torch.div(x, scale).round_().clamp_(lo, hi).mul_(scale)
         return self._quant_with(x, self.scale * self.mult, self.zero_point)
 
     def extra_repr(self) -> str:
