@@ -57,7 +57,7 @@ class PSAQOptions:
 
     def cache_key(self, task: Task, seed: int, **extra) -> dict:
         return {"method": self.name, "options": asdict(self), "model": task.model_id,
-                "checkpoint": task.checkpoint, "seed": seed, **extra}
+                "weights": task.weights_id, "seed": seed, **extra}
 
 
 @dataclass

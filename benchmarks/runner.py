@@ -45,7 +45,7 @@ class RunOptions:
 
 def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
     """FP metrics of a (task, model, weights, eval set), cached: every cell of that model shares them."""
-    key = config_key([cell.task, cell.model, cell.n_eval, options.checkpoint, options.data_root])
+    key = config_key([cell.task, cell.model, cell.n_eval, task.weights_id, options.data_root])
     path = CACHE / "fp" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())

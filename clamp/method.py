@@ -178,7 +178,7 @@ class ClampViT:
                        if k in ("n", "data", "rounds", "lr", "tau", "top_k", "ce_weight", "tv_weight", "tv_target",
                                 "scale_to_input")}
         key = {"method": self.name, "stage": 1, "options": gen_options, "model": task.model_id,
-               "checkpoint": task.checkpoint, "seed": seed}
+               "weights": task.weights_id, "seed": seed}
         images, path = cached_images(key, lambda: self.generate(task, net, seed), task.input_spec)
         images = images.to(task.device)
         qnet = calibrate(quantize_model(net, config), images.split(32))

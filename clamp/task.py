@@ -32,7 +32,7 @@ class Task(Protocol):
 
     name: str
     model_id: str
-    checkpoint: str | None  # weights file, when not the model id's own published weights
+    weights_id: str  # fingerprint of the FP weights: caches of generated data and metrics key on it
     device: torch.device
     input_spec: InputSpec
     num_classes: int | None  # classes for the generation prior; None: label-free task

@@ -1,7 +1,9 @@
 """Image classification with timm models: ImageNet at paper scale, Fashion-MNIST at micro scale."""
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import cached_property
 from pathlib import Path
 
 import timm
@@ -77,6 +79,18 @@ class ClassificationTask:
                                    "pass a matching --checkpoint") from err
             self._model = model.eval().requires_grad_(False).to(self.device)  # PTQ never trains weights
         return self._model
+
+    @cached_property
+    def weights_id(self) -> str:
+        """sha256 of the weight file (micro checkpoint, --checkpoint, or the HF cache's file)."""
+        if self.checkpoint:
+            path = self.checkpoint
+        elif self.micro:
+            path = zoo.checkpoint_path(self.model_id.split(".")[0])
+        else:
+            path = self._cached_weights()
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
     def _cached_weights(self) -> str:
         """The model's weight file in the local Hugging Face cache, or a one-line error."""

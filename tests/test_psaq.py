@@ -24,7 +24,7 @@ def task():
 class BackboneTask:
     """A label-free task whose network is a ViT without a classifier (like a detector backbone)."""
 
-    name, model_id, checkpoint, device = "backbone", "tiny-backbone", None, torch.device("cpu")
+    name, model_id, weights_id, device = "backbone", "tiny-backbone", "random-seed-0", torch.device("cpu")
     input_spec = InputSpec((3, 32, 32), (0.5,) * 3, (0.5,) * 3)
     num_classes = None
     quant_exclude = ()
