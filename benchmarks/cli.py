@@ -17,7 +17,7 @@ import pandas as pd
 
 from benchmarks import leaderboard, published, suites
 from benchmarks.cell import Cell
-from benchmarks.runner import RunOptions, run_cells
+from benchmarks.runner import RunOptions, init_distributed, run_cells
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
 from clamp.registry import available_methods, get_method
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("list", help="list tasks, methods and suites")
 
     args = parser.parse_args(argv)
+    init_distributed()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         if args.command == "run":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from benchmarks.cell import Cell
@@ -40,7 +42,18 @@ class RunOptions:
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device:
+            return torch.device(self.device)
+        if torch.cuda.is_available():  # under torchrun each rank takes its own GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+
+
+def init_distributed() -> None:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): evaluation is then
+    sharded over the ranks and rank 0 stores the results."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
@@ -104,7 +117,10 @@ def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, 
     finally:
         log.removeHandler(handler)
         handler.close()
-    store.save(cell, record)
+    if not dist.is_initialized() or dist.get_rank() == 0:  # under torchrun every rank computed it
+        store.save(cell, record)
+    if dist.is_initialized():
+        dist.barrier()
     return store.load(cell)
 
 

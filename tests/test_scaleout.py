@@ -91,3 +91,17 @@ def test_a_plugin_method_runs_in_compare(tmp_path):
     row = next(line for line in out.splitlines() if SWIN in line)
     values = [float(v) for v in row.split()[2:]]
     assert values[2] == pytest.approx(values[0] - values[1], abs=0.011)  # example-uniform - gaussian
+
+
+def test_torchrun_with_two_gloo_ranks_stores_the_single_process_result(tmp_path):
+    args = ["--model", SWIN, "--method", "gaussian", "--w-bits", "8", "--a-bits", "8", "--n-eval", "400",
+            "--device", "cpu"]
+    env = {**os.environ, "CLAMP_RESULTS": str(tmp_path / "dist"), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "benchmarks",
+                    "run", *args], cwd=ROOT, env=env, check=True, capture_output=True)
+    env["CLAMP_RESULTS"] = str(tmp_path / "single")
+    subprocess.run([sys.executable, "-m", "benchmarks", "run", *args], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    dist_rec, single_rec = (json.loads(next((tmp_path / d).glob("cells/*/*.json")).read_text())
+                            for d in ("dist", "single"))
+    assert dist_rec["quant"] == single_rec["quant"] and dist_rec["quant"]["n_eval"] == 400
