@@ -130,7 +130,7 @@ def run_cells(cells: Iterable[Cell], options: RunOptions, store: ResultStore | N
     return the records of all of them, in order."""
     store = store or ResultStore()
     cells = list(cells)
-    todo = [c for c in cells if options.force or not store.done(c)]
+    todo = list({c.key: c for c in cells if options.force or not store.done(c)}.values())
     log.info("%d cells, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     if executor is None:
         for cell in tqdm(todo, desc="cells", unit="cell", disable=None):
