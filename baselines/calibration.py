@@ -21,27 +21,33 @@ def ptq(task: Task, model: nn.Module, config: QuantConfig, images: torch.Tensor,
 
 
 @dataclass
-class RealData:
-    """Calibration on ``n`` real training images: the upper bound data-free methods aim for."""
+class ImageCalibration:
+    """Min-max calibration on ``n`` images from ``images()``."""
 
     n: int = 32
+    label_free = True
+
+    def images(self, task: Task, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
+        images = self.images(task, seed).to(task.device)
+        return ptq(task, model, config, images), {"calibration": f"{self.name}:{self.n}", "n_calib": self.n}
+
+
+class RealData(ImageCalibration):
+    """``n`` real training images: the upper bound data-free methods aim for."""
+
     name = "real"
-    label_free = True
 
-    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
-        images = task.real_images(self.n, seed)
-        return ptq(task, model, config, images), {"calibration": f"real:{self.n}", "n_calib": self.n}
+    def images(self, task: Task, seed: int) -> torch.Tensor:
+        return task.real_images(self.n, seed)
 
 
-@dataclass
-class GaussianNoise:
-    """Calibration on ``n`` images of standard Gaussian noise in normalised input space."""
+class GaussianNoise(ImageCalibration):
+    """``n`` images of standard Gaussian noise in normalised input space."""
 
-    n: int = 32
     name = "gaussian"
-    label_free = True
 
-    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
-        gen = torch.Generator().manual_seed(seed)
-        images = torch.randn((self.n, *task.input_spec.shape), generator=gen).to(task.device)
-        return ptq(task, model, config, images), {"calibration": f"gaussian:{self.n}", "n_calib": self.n}
+    def images(self, task: Task, seed: int) -> torch.Tensor:
+        return torch.randn((self.n, *task.input_spec.shape), generator=torch.Generator().manual_seed(seed))

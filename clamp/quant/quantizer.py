@@ -129,8 +129,9 @@ class Quantizer(nn.Module):
         if self.state == "calibrate":
             self.observer.observe(x.detach())
             return x
-        if not self.active:
-            return x
+        return self._quantize(x) if self.active else x
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         if self.axis is None and not self.learning and not (x.requires_grad and torch.is_grad_enabled()):
             # inference fast path, same values: clamp(round(x/s) + z, qmin, qmax) - z equals
             # clamp(round(x/s), qmin - z, qmax - z) for an integer z; in place on a fresh tensor
@@ -159,12 +160,7 @@ class Log2Quantizer(Quantizer):
         hi = self.observer.hi.reshape(())  # the log grid is anchored at the observed maximum
         return hi.clamp_min(1e-8), torch.zeros_like(hi)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state == "calibrate":
-            self.observer.observe(x.detach())
-            return x
-        if not self.active:
-            return x
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         hi = self.scale * self.mult
         levels = 2**self.bits - 1
         q = torch.round(-torch.log2((x / hi).clamp_min(1e-30)))
