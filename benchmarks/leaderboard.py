@@ -74,25 +74,31 @@ def markdown(summ: pd.DataFrame) -> str:
 
 
 def plot(summ: pd.DataFrame, path: Path) -> None:
-    """Metric against compression ratio, one line per method and one panel per model; FP dashed."""
+    """Metric against compression ratio, one panel per model, one colour per method (options in
+    the label). Fixed precisions are joined per activation bit-width (solid A8, dashed A6, dotted
+    A4); mixed precision is a star. Error bars: std over seeds. FP is the dashed black line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fixed = summ[~summ["precision"].str.startswith("MP-") & (summ["config"] == "")]
-    models = sorted(fixed["model"].unique())
-    if not models:
+    if summ.empty:
         return
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    summ = summ.assign(label=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else ""))
+    models = sorted(summ["model"].unique())
+    colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(summ["label"].unique()))}
+    styles = {8: "-", 6: "--", 4: ":"}
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        sub = fixed[fixed["model"] == model]
-        for method, m in sub.groupby("method"):
+        sub = summ[summ["model"] == model]
+        for (label, a_bits, mixed), m in sub.groupby(["label", "mean_a_bits", sub["precision"].str.startswith("MP-")]):
             m = m.sort_values("compression_ratio")
-            ax.errorbar(m["compression_ratio"], m["quant_mean"], yerr=m["quant_std"].fillna(0), marker="o",
-                        capsize=3, label=method)
+            ax.errorbar(m["compression_ratio"], m["quant_mean"], yerr=m["quant_std"].fillna(0), capsize=3,
+                        color=colours[label], marker="*" if mixed else "o", markersize=10 if mixed else 5,
+                        linestyle="none" if mixed else styles.get(round(a_bits), "-."),
+                        label=f"{label} {'MP' if mixed else f'A{round(a_bits)}'}")
         ax.axhline(sub["fp_value"].iloc[0], color="k", linestyle="--", label="FP")
         ax.set(title=model, xlabel="compression ratio", ylabel=sub["metric"].iloc[0])
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Software": None})
