@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from clamp.quant import BitPlan, QuantConfig, check_bits
 
 PRECISION = re.compile(r"^(MP-)?W(\d+)A(\d+)$")
+QUANT_OPTIONS = {f.name for f in fields(QuantConfig)} - {"plan", "mixed"}  # those two come from the precision
 
 
 def parse_precision(text: str) -> tuple[int, int, bool]:
@@ -38,10 +39,9 @@ class Cell:
     def __post_init__(self) -> None:
         check_bits(self.w_bits)
         check_bits(self.a_bits)
-        unknown = set(self.quant_options) - {"w_observer", "a_observer", "symmetric", "softmax_quant", "exclude"}
+        unknown = set(self.quant_options) - QUANT_OPTIONS
         if unknown:
-            raise ValueError(f"unknown quantizer options {sorted(unknown)}: use w_observer, a_observer, symmetric, "
-                             "softmax_quant or exclude")
+            raise ValueError(f"unknown quantizer options {sorted(unknown)}: use {', '.join(sorted(QUANT_OPTIONS))}")
 
     @property
     def precision(self) -> str:

@@ -31,6 +31,7 @@ class Task(Protocol):
     whole classifier, or the backbone of a detector/segmentor."""
 
     name: str
+    metric: str  # the headline metric of ``evaluate`` (top1, bbox_mAP, mIoU, ...)
     model_id: str
     weights_id: str  # fingerprint of the FP weights: caches of generated data and metrics key on it
     device: torch.device

@@ -2,7 +2,7 @@
 from clamp.quant.compression import compression_report
 from clamp.quant.plan import BitPlan
 from clamp.quant.quantizer import FP_BITS, Log2Quantizer, Quantizer, check_bits, fake_quant
-from clamp.quant.wrap import QuantConfig, calibrate, is_weight, quantize_model, quantizers, set_quant_enabled
+from clamp.quant.wrap import QuantConfig, calibrate, is_weight, quantize_model, quantizers
 
 __all__ = ["FP_BITS", "BitPlan", "Log2Quantizer", "QuantConfig", "Quantizer", "calibrate", "check_bits",
-           "compression_report", "fake_quant", "is_weight", "quantize_model", "quantizers", "set_quant_enabled"]
+           "compression_report", "fake_quant", "is_weight", "quantize_model", "quantizers"]

@@ -104,8 +104,3 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
         q.freeze()
     return model
 
-
-def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
-    """Switch every frozen quantizer between quantizing and passing through (for FP references)."""
-    for q in quantizers(model):
-        q.state = "quant" if enabled else "fp"
