@@ -240,13 +240,16 @@ class Search:
         return f
 
     def run(self) -> tuple[torch.Tensor, dict]:
-        m, history = self.m, []
+        m = self.m
+        start_fitness, end_fitness = [], []
         bits_of = self.bits.__getitem__
         for p in range(m.passes):
             for i, (_, group) in enumerate(self.groups):
                 bits = {q.name: q.bits for q in group} if self.mixed else {}
                 start = Candidate({q.name: q.mult for q in group}, bits)
                 population = self.evo.initial(start, bits_of, lambda c, i=i: self.fitness(i, c))
+                if p == 0:
+                    start_fitness.append(round(population[0].fitness, 5))
                 for c in range(m.cycles):
                     self.evo.cycle(population, bits_of, lambda c, i=i: self.fitness(i, c))
                     if m.adaptation and (c + 1) % (m.cycles // 2) == 0:
@@ -260,8 +263,11 @@ class Search:
                 self.apply(group, winner)
                 if self.mixed:
                     self.bits.update(winner.bits)
-                history.append(round(winner.fitness, 5))
-        report = {"search_fitness": [history[0], history[-1]] if history else [],
+                if p == m.passes - 1:
+                    end_fitness.append(round(winner.fitness, 5))
+        # per block: fitness of the min-max start (first pass, stage-1 data) and of the final
+        # choice (last pass, on the data as adapted by then)
+        report = {"fitness_start": start_fitness, "fitness_end": end_fitness,
                   "passes": m.passes, "cycles": m.cycles}
         if self.mixed:
             report["compression_target"] = round(self.budget.target_ratio, 4)

@@ -114,6 +114,7 @@ def test_mixed_precision_meets_its_compression_target(task):
     assert {q.bits for q in quantizers(qmodel)} <= {4, 6, 8}
     assert report["compression_target"] == pytest.approx(target["compression_ratio"], rel=1e-4)
     assert report["bits"].startswith("W")
+    assert len(report["fitness_start"]) == len(report["fitness_end"]) == 4  # one per Swin block
 
 
 @pytest.mark.parametrize("base, options, silenced, appears", [
