@@ -1,6 +1,7 @@
 """Suites, the resumable runner, the result store and the leaderboard."""
 import json
 
+import pandas as pd
 import pytest
 
 from benchmarks import leaderboard, runner
@@ -106,3 +107,22 @@ def test_leaderboard_is_reproducible_and_complete(store):
     assert row["compression_ratio"] > 3 and "torch=" in row["versions"]
     record = json.loads(store.path(cell()).read_text())
     assert record["config"] == cell().config()
+
+
+def test_published_report_joins_reproduced_rows(store):
+    from benchmarks.published import report
+    model = "deit_tiny_patch16_224.fb_in1k"
+    for seed, value in ((0, 65.0), (1, 66.0)):
+        c = Cell("classification", model, "psaq-vit", 4, 8, seed=seed)
+        store.save(c, {"status": "ok", "metric": "top1", "fp": {"top1": 72.1},
+                       "quant": {"top1": value, "n_eval": 50000},
+                       "compression": {"mean_w_bits": 4.0, "mean_a_bits": 8.0, "compression_ratio": 7.1,
+                                       "size_mb": 3.2, "n_params": 5_700_000},
+                       "report": {"calibration": "psaq-vit:32", "n_calib": 32}, "wall_s": 1.0, "device": "test",
+                       "versions": "test", "timestamp": "2026-11-28T00:00:00+00:00"})
+    frame = report(store).set_index(["model", "method", "precision"])
+    row = frame.loc[(model, "psaq-vit", "W4A8")]
+    assert row["published"] == 65.57 and row["reproduced"] == pytest.approx(65.5)
+    assert row["difference"] == pytest.approx(65.5 - 65.57)
+    assert frame.loc[(model, "fp", "FP")]["reproduced"] == pytest.approx(72.1)
+    assert pd.isna(frame.loc[("deit_small_patch16_224.fb_in1k", "psaq-vit", "W4A8")]["reproduced"])
