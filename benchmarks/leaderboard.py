@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.store import ResultStore, atomic_write
+from benchmarks.store import ResultStore
+from clamp.cache import atomic_write, atomic_write_text
 
 COLUMNS = ["task", "model", "method", "precision", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "compression_ratio", "size_mb", "metric", "fp_value", "quant_value", "delta", "seed", "calibration",
@@ -100,8 +101,7 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
         ax.set(title=model, xlabel="compression ratio", ylabel=sub["metric"].iloc[0])
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
     plt.close(fig)
 
 
@@ -109,9 +109,9 @@ def write_csv(store: ResultStore, task: str) -> Path:
     """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png."""
     frame = table(store, task)
     path = store.root / f"{task}.csv"
-    atomic_write(path, frame.to_csv(index=False))
+    atomic_write_text(path, frame.to_csv(index=False))
     summ = summary(frame)
-    atomic_write(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
-    atomic_write(store.root / f"{task}.md", markdown(summ))
+    atomic_write_text(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
+    atomic_write_text(store.root / f"{task}.md", markdown(summ))
     plot(summ, store.root / "plots" / f"{task}.png")
     return path

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.leaderboard import summary, table
-from benchmarks.store import ResultStore, atomic_write
+from benchmarks.store import ResultStore
+from clamp.cache import atomic_write_text
 
 PUBLISHED = Path(__file__).parent / "published.csv"
 
@@ -32,5 +33,5 @@ def report(store: ResultStore, task: str = "classification") -> pd.DataFrame:
 def write_report(store: ResultStore, task: str = "classification") -> Path:
     frame = report(store, task).round(3)
     path = store.root / f"published_vs_reproduced_{task}.csv"
-    atomic_write(path, frame.to_csv(index=False))
+    atomic_write_text(path, frame.to_csv(index=False))
     return path

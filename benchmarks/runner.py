@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from benchmarks.cell import Cell
 from benchmarks.provenance import device_name, versions
-from benchmarks.store import ResultStore, atomic_write
-from clamp.cache import cache_dir, config_key
+from benchmarks.store import ResultStore
+from clamp.cache import atomic_write_text, cache_dir, config_key
 from clamp.quant import compression_report
 from clamp.registry import make_method
 from tasks import make_task
@@ -63,7 +63,7 @@ def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
     if path.is_file():
         return json.loads(path.read_text())
     metrics = task.evaluate(task.build_model())
-    atomic_write(path, json.dumps(metrics))
+    atomic_write_text(path, json.dumps(metrics))
     return metrics
 
 

@@ -3,29 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from benchmarks.cell import Cell
+from clamp.cache import atomic_write_text
 
 RESULTS = Path(os.environ.get("CLAMP_RESULTS", Path(__file__).resolve().parent.parent / "results"))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultStore:
@@ -46,7 +31,7 @@ class ResultStore:
 
     def save(self, cell: Cell, record: dict[str, Any]) -> Path:
         record = {"key": cell.key, "config": cell.config(), **record}
-        atomic_write(self.path(cell), json.dumps(record, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(self.path(cell), json.dumps(record, indent=1, sort_keys=True) + "\n")
         return self.path(cell)
 
     def records(self, task: str) -> Iterator[dict[str, Any]]:

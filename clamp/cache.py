@@ -29,11 +29,34 @@ def config_key(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temporary file in the same folder, then rename it over ``path``: readers
+    see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write(path, write)
+
+
 def save_png_grid(x: torch.Tensor, spec: InputSpec, path: Path) -> None:
     """Synthetic images back in pixel space, 8 per row, for a person to look at."""
     mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
-    save_image((x * std + mean).clamp(0, 1).cpu(), path, nrow=8)
+    atomic_write(path, lambda tmp: save_image((x * std + mean).clamp(0, 1).cpu(), tmp, nrow=8, format="png"))
 
 
 def cached_images(config: dict[str, Any], make: Callable[[], torch.Tensor],
@@ -49,11 +72,7 @@ def cached_images(config: dict[str, Any], make: Callable[[], torch.Tensor],
         except Exception as err:  # a torn or foreign file is regenerated, never trusted
             log.warning("synthetic cache %s unreadable (%s): regenerating", path, err)
     x = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(x.detach().cpu(), tmp)
-    os.replace(tmp, path)
-    (path.with_suffix(".json")).write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+    atomic_write(path, lambda tmp: torch.save(x.detach().cpu(), tmp))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(config, indent=1, sort_keys=True, default=str))
     save_png_grid(x, spec, path.with_suffix(".png"))
     return x.detach().cpu(), path

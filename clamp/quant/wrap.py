@@ -74,9 +74,9 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     return qmodel
 
 
-def quantizers(model: nn.Module, prefix: str = "") -> Iterable[Quantizer]:
-    """Every quantizer in ``model`` whose name starts with ``prefix``, in module order."""
-    return (m for m in model.modules() if isinstance(m, Quantizer) and m.name.startswith(prefix))
+def quantizers(model: nn.Module) -> Iterable[Quantizer]:
+    """Every quantizer in ``model``, in module order."""
+    return (m for m in model.modules() if isinstance(m, Quantizer))
 
 
 def is_weight(q: Quantizer) -> bool:
