@@ -21,15 +21,11 @@ from torch import nn
 
 from baselines.calibration import ptq
 from clamp.cache import cached_images
-from clamp.generate.features import MHSACapture, transformer_blocks
+from clamp.generate.features import MHSACapture, is_windowed
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig
 from clamp.task import Task
-
-
-def is_swin(net: nn.Module) -> bool:
-    return any(hasattr(block, "shift_size") for _, block in transformer_blocks(net))
 
 
 @dataclass
@@ -48,7 +44,7 @@ class PSAQOptions:
         return TVPrior(self.tv_weight, tuple(self.tv_target), self.scale_to_input)
 
     def generation(self, net: nn.Module, rounds: tuple[tuple[int, int], ...]) -> GenerationConfig:
-        lr = self.lr if self.lr is not None else (0.25 if is_swin(net) else 0.20)
+        lr = self.lr if self.lr is not None else (0.25 if is_windowed(net) else 0.20)
         return GenerationConfig(batch=self.n, rounds=rounds, lr=lr, scale_jitter=self.scale_to_input)
 
     def prior_loss(self, x: torch.Tensor, capture: MHSACapture, tv_goal: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ class Cell:
     n_eval: int | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
     quant_options: dict[str, Any] = field(default_factory=dict)  # QuantConfig fields: observers, softmax_quant, ...
+    task_options: dict[str, Any] = field(default_factory=dict)  # task adapter options (mm: quant_neck)
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits)
@@ -48,7 +49,10 @@ class Cell:
         return f"{'MP-' if self.mixed else ''}W{self.w_bits}A{self.a_bits}"
 
     def config(self) -> dict[str, Any]:
-        return asdict(self)
+        config = asdict(self)
+        if not config["task_options"]:  # keeps the keys of cells from before the field existed
+            del config["task_options"]
+        return config
 
     @property
     def key(self) -> str:

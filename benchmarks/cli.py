@@ -36,8 +36,9 @@ def _validate(cells: list[Cell], options: RunOptions) -> None:
     """Fail before any work on what would fail every cell: unknown models, methods, data paths."""
     for method in sorted({c.method for c in cells}):
         get_method(method)
-    for task, model, n_eval in sorted({(c.task, c.model, c.n_eval) for c in cells}, key=str):
-        make_task(task, model, data_root=options.data_root, checkpoint=options.checkpoint, n_eval=n_eval)
+    for cell in {(c.task, c.model, c.n_eval, json.dumps(c.task_options, sort_keys=True)): c for c in cells}.values():
+        make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
+                  n_eval=cell.n_eval, **cell.task_options)
 
 
 def _run(cells: list[Cell], args: argparse.Namespace) -> list[dict]:
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--n-eval", type=int, help="evaluate on a fixed random subset of this size")
     one.add_argument("--option", **option, help="method option (JSON value), repeatable")
     one.add_argument("--quant-option", **option, help="w_observer, a_observer, symmetric, softmax_quant")
+    one.add_argument("--task-option", **option, help="task option (JSON value), e.g. quant_neck=true for mm tasks")
 
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "run":
             cells = [Cell(args.task, args.model, args.method, args.w_bits, args.a_bits, args.seed, args.mixed,
-                          args.n_eval, dict(args.option), dict(args.quant_option))]
+                          args.n_eval, dict(args.option), dict(args.quant_option), dict(args.task_option))]
             sys.exit(0 if all(r["status"] == "ok" for r in _run(cells, args)) else 1)
         if args.command == "suite":
             records = _run(suites.expand(suites.load_suite(args.name)), args)

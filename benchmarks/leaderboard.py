@@ -11,8 +11,8 @@ from benchmarks.store import ResultStore
 from clamp.cache import atomic_write, atomic_write_text
 
 COLUMNS = ["task", "model", "method", "precision", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
-           "compression_ratio", "size_mb", "metric", "fp_value", "quant_value", "delta", "seed", "calibration",
-           "n_calib", "n_eval", "wall_s", "device", "versions", "timestamp", "config_key", "config"]
+           "compression_ratio", "size_mb", "metric", "fp_value", "quant_value", "delta", "quant_metrics", "seed",
+           "calibration", "n_calib", "n_eval", "wall_s", "device", "versions", "timestamp", "config_key", "config"]
 SORT = ["model", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "method", "precision", "config", "metric"]
 
@@ -28,6 +28,7 @@ def row(record: dict) -> dict:
         "mean_a_bits": round(comp["mean_a_bits"], 3), "compression_ratio": round(comp["compression_ratio"], 3),
         "size_mb": round(comp["size_mb"], 4), "metric": metric, "fp_value": round(fp, 3),
         "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
+        "quant_metrics": ";".join(f"{k}={v:.3f}" for k, v in sorted(record["quant"].items()) if k != "n_eval"),
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "wall_s": record["wall_s"], "device": record["device"],
         "versions": record["versions"], "timestamp": record["timestamp"], "config_key": record["key"],
@@ -39,6 +40,7 @@ def _config_text(cfg: dict) -> str:
     """Method and quantizer options (the rest has columns of its own), compact and stable."""
     parts = [f"{k}={v}" for k, v in sorted(cfg["method_options"].items())]
     parts += [f"quant.{k}={v}" for k, v in sorted(cfg["quant_options"].items())]
+    parts += [f"task.{k}={v}" for k, v in sorted(cfg.get("task_options", {}).items())]
     return ";".join(parts)
 
 

@@ -28,7 +28,7 @@ def versions() -> str:
             return importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             return "-"
-    libs = ("torch", "timm", "mmdet", "mmsegmentation")
+    libs = ("torch", "timm", "mmengine", "mmcv", "mmdet", "mmsegmentation")
     return " ".join(f"{lib}={version(lib)}" for lib in libs) + f" commit={commit()}"
 
 

@@ -58,7 +58,8 @@ def init_distributed() -> None:
 
 def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
     """FP metrics of a (task, model, weights, eval set), cached: every cell of that model shares them."""
-    key = config_key([cell.task, cell.model, cell.n_eval, task.weights_id, options.data_root])
+    key = config_key([cell.task, cell.model, cell.n_eval, task.weights_id, options.data_root,
+                      *([cell.task_options] if cell.task_options else [])])
     path = CACHE / "fp" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -71,7 +72,7 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
     """Compute one cell and return its record (not stored)."""
     device = options.torch_device
     task = make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
-                     device=device, n_eval=cell.n_eval)
+                     device=device, n_eval=cell.n_eval, **cell.task_options)
     method = make_method(cell.method, **cell.method_options)
     model = task.build_model()
     fp = _fp_metrics(task, cell, options)

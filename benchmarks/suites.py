@@ -2,7 +2,7 @@
 
 A suite has a ``task`` and one or more ``[[group]]`` tables; each group is the product of its
 ``models`` x ``methods`` x ``precisions`` x ``seeds`` with optional ``method_options``
-(per method name), ``quant_options`` and ``n_eval``. Top-level keys are defaults for groups.
+(per method name), ``quant_options``, ``task_options`` and ``n_eval``. Top-level keys are defaults for groups.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import tomllib
 from benchmarks.cell import Cell, parse_precision
 
 SUITES = Path(__file__).parent / "suites"
-GROUP_KEYS = {"models", "methods", "precisions", "seeds", "method_options", "quant_options", "n_eval"}
+GROUP_KEYS = {"models", "methods", "precisions", "seeds", "method_options", "quant_options", "task_options",
+              "n_eval"}
 
 
 def available_suites() -> list[str]:
@@ -49,6 +50,6 @@ def expand(suite: dict[str, Any]) -> list[Cell]:
             cell = Cell(task=suite["task"], model=model, method=method, w_bits=w_bits, a_bits=a_bits, seed=seed,
                         mixed=mixed, n_eval=g.get("n_eval"),
                         method_options=g.get("method_options", {}).get(method, {}),
-                        quant_options=g.get("quant_options", {}))
+                        quant_options=g.get("quant_options", {}), task_options=g.get("task_options", {}))
             cells.setdefault(cell.key, cell)
     return list(cells.values())

@@ -26,7 +26,7 @@ from torch import nn
 
 from clamp.cache import cached_images
 from clamp.generate.contrastive import local_contrastive_loss, patch_contrastive_loss
-from clamp.generate.features import MHSACapture, transformer_blocks
+from clamp.generate.features import MHSACapture, patch_tokens, transformer_blocks
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, quantize_model, quantizers
@@ -55,14 +55,6 @@ def block_groups(net: nn.Module) -> list[tuple[nn.Module, list[Quantizer]]]:
     return groups
 
 
-def block_tokens(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """A block's output as (B, patches, C): Swin grids flattened, ViT prefix tokens dropped."""
-    if out.dim() == 4:
-        return out.flatten(1, 2)
-    h, w = net.patch_embed.grid_size
-    return out[:, out.shape[1] - h * w:]
-
-
 class BlockOutputs:
     """Context manager recording every block's output as patch tokens during a forward."""
 
@@ -73,7 +65,7 @@ class BlockOutputs:
     def __enter__(self) -> BlockOutputs:
         for i, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_hook(
-                lambda _m, _a, out, i=i: self.outputs.__setitem__(i, block_tokens(self.net, out))))
+                lambda _m, _a, out, i=i: self.outputs.__setitem__(i, patch_tokens(self.net, out))))
         return self
 
     def __exit__(self, *exc) -> None:

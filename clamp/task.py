@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from clamp.generate.contrastive import local_contrastive_loss
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,17 @@ class Task(Protocol):
     def output_loss(self, fp_out: object, q_out: object) -> torch.Tensor: ...
 
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+
+def feature_contrastive_loss(fp_feats: tuple[torch.Tensor, ...], q_feats: tuple[torch.Tensor, ...],
+                             tau: float = 0.1, max_side: int = 32) -> torch.Tensor:
+    """L_O of a dense-task backbone: the local patch contrastive loss (each quantized location's
+    positive is the same FP location) on every output feature map (B, C, H, W), averaged.
+    Maps larger than ``max_side`` are average-pooled first: the loss is quadratic in locations."""
+    losses = []
+    for fp, q in zip(fp_feats, q_feats, strict=True):
+        if max(fp.shape[-2:]) > max_side:
+            side = (min(fp.shape[-2], max_side), min(fp.shape[-1], max_side))
+            fp, q = F.adaptive_avg_pool2d(fp, side), F.adaptive_avg_pool2d(q, side)
+        losses.append(local_contrastive_loss(q.permute(0, 2, 3, 1), fp.permute(0, 2, 3, 1), tau))
+    return torch.stack(losses).mean()

@@ -65,12 +65,27 @@ def test_every_suite_expands_to_its_cells():
     assert all(c.n_eval is None for c in paper)  # the whole ImageNet validation set
 
 
+@pytest.mark.parametrize("task, model", [("detection", "micro_mask-rcnn_swin_fmnist"),
+                                         ("segmentation", "micro_upernet_deit_fmnist")])
+def test_mm_suites_expand_to_their_cells(task, model):
+    micro = expand(load_suite(f"micro-{task}"))
+    assert len(micro) == 4 * 2 and {c.model for c in micro} == {model} and {c.task for c in micro} == {task}
+    assert {c.method for c in micro} == {"real", "gaussian", "psaq-vit-v2", "clamp-vit"}
+    assert {c.precision for c in micro} == {"W8A8", "W4A8"} and all(c.n_eval == 300 for c in micro)
+    assert [c.method_options for c in micro if c.method == "clamp-vit"] == [{"passes": 2}] * 2
+    paper = expand(load_suite(f"paper-{task}"))
+    assert len(paper) == {"detection": 4, "segmentation": 3}[task] * 4 * 2
+    assert all(c.n_eval is None and not c.method_options for c in paper)
+
+
 def test_key_changes_with_every_field_but_not_with_order():
     base = cell()
     assert base.key == cell().key
     variants = [cell(seed=1), cell(method_options={"n": 8}), cell(quant_options={"a_observer": "omse"}),
-                Cell("classification", SWIN, "gaussian", 4, 4, n_eval=200), cell(mixed=True)]
-    assert len({base.key, *(v.key for v in variants)}) == 6
+                Cell("classification", SWIN, "gaussian", 4, 4, n_eval=200), cell(mixed=True),
+                cell(task_options={"quant_neck": True})]
+    assert len({base.key, *(v.key for v in variants)}) == 7
+    assert "task_options" not in base.config()  # keys of cells stored before the field existed hold
 
 
 def test_rerun_skips_finished_cells_and_redoes_corrupt_ones(store, monkeypatch):

@@ -2,8 +2,9 @@
 
 torch alone is about 5.5 GB; tox 4 recreates an env whose name differs, so envs cannot share a
 directory. Instead every env is a bare virtualenv that runs this first: the shared venv
-(.tox/.shared) is built once per version of pyproject.toml, and a .pth file makes the calling
-env import from it (console scripts are run as modules: python -m pytest, python -m benchmarks).
+(.tox/.shared) is built once per version of pyproject.toml and of the mm installer, and a .pth
+file makes the calling env import from it (console scripts are run as modules: python -m pytest,
+python -m benchmarks). mmcv is built by tools/install_mm.py, once per machine (wheel cache).
 """
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / ".tox" / ".shared"
+INPUTS = ("pyproject.toml", "tools/install_mm.py")  # the shared venv is rebuilt when one changes
 
 
 def main() -> None:
     python = SHARED / "bin" / "python"
-    stamp = SHARED / "pyproject.sha256"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = SHARED / "inputs.sha256"
+    want = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in INPUTS)).hexdigest()
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(SHARED)], check=True)
     if not stamp.is_file() or stamp.read_text() != want:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-e", f"{ROOT}[test,lint]"], check=True)
+                        "-e", f"{ROOT}[test,lint,mm]"], check=True)
+        subprocess.run([str(python), str(ROOT / "tools" / "install_mm.py")], check=True)
         stamp.write_text(want)
     shared_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  check=True, capture_output=True, text=True).stdout.strip()

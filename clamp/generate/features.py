@@ -2,14 +2,14 @@
 
 Both PSAQ-ViT's patch-similarity prior and CLAMP-ViT's patch-contrastive loss read it. The
 output is the input of the attention's ``proj`` Linear, so a pre-hook there sees it for the FP
-modules and their quantized adapters alike.
+modules and their quantized adapters alike; the attention's adapter puts it on its patch grid.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-from timm.models.swin_transformer import window_reverse
 from torch import nn
 
 from clamp.quant.attention import ADAPTERS, QuantAttentionBase
@@ -31,33 +31,57 @@ class MHSAOutput:
         return self.tokens.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
 
-def _is_attention(module: nn.Module) -> bool:
-    return isinstance(module, QuantAttentionBase) or type(module) in ADAPTERS
+def attention_of(block: nn.Module) -> nn.Module | None:
+    """The block's (FP or quantized) attention with a registered adapter, or None."""
+    attn = getattr(block, "attn", None)
+    attn = getattr(attn, "w_msa", attn)  # mm Swin nests its window attention in ShiftWindowMSA
+    if isinstance(attn, QuantAttentionBase) or type(attn) in ADAPTERS:
+        return attn
+    return None
+
+
+def adapter_of(attn: nn.Module) -> type[QuantAttentionBase]:
+    return type(attn) if isinstance(attn, QuantAttentionBase) else ADAPTERS[type(attn)]
 
 
 def transformer_blocks(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Blocks in forward order: the modules whose ``attn`` child is a (quantized) attention."""
-    return [(name, m) for name, m in net.named_modules() if _is_attention(getattr(m, "attn", None) or nn.Identity())]
+    """Blocks in forward order: the modules whose ``attn`` is a (quantized) attention."""
+    return [(name, m) for name, m in net.named_modules() if attention_of(m) is not None]
 
 
-def _vit_grid(net: nn.Module) -> tuple[int, int]:
-    return tuple(net.patch_embed.grid_size)
+def is_windowed(net: nn.Module) -> bool:
+    """Shifted-window attention (Swin) rather than global attention (ViT/DeiT)."""
+    return any(adapter_of(attention_of(block)).windowed for _, block in transformer_blocks(net))
+
+
+def patch_tokens(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """A block's output as (B, patches, C): NHWC grids flattened, class tokens dropped (timm
+    says how many; for mm backbones, whatever exceeds a square grid)."""
+    if out.dim() == 4:
+        return out.flatten(1, 2)
+    prefix = getattr(net, "num_prefix_tokens", None)
+    if prefix is None:
+        prefix = out.shape[1] - math.isqrt(out.shape[1]) ** 2
+    return out[:, prefix:]
 
 
 class MHSACapture:
     """Context manager: ``outputs`` lists the MHSA output of every block of the last forward."""
 
     def __init__(self, net: nn.Module) -> None:
-        self.blocks = transformer_blocks(net)
+        self.blocks = [block for _, block in transformer_blocks(net)]
         if not self.blocks:
             raise ValueError(f"no transformer block with a supported attention in {type(net).__name__}")
         self.net = net
         self.outputs: list[MHSAOutput] = []
+        self._args: dict[int, tuple] = {}
         self._handles: list = []
 
     def __enter__(self) -> MHSACapture:
-        for _, block in self.blocks:
-            self._handles.append(block.attn.proj.register_forward_pre_hook(self._hook(block)))
+        for i, block in enumerate(self.blocks):
+            self._handles.append(block.register_forward_pre_hook(
+                lambda _m, args, i=i: self._args.__setitem__(i, args)))
+            self._handles.append(attention_of(block).proj.register_forward_pre_hook(self._hook(i, block)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -68,26 +92,11 @@ class MHSACapture:
     def clear(self) -> None:
         self.outputs = []
 
-    def _hook(self, block: nn.Module):
-        attn = block.attn.fp if isinstance(block.attn, QuantAttentionBase) else block.attn
+    def _hook(self, i: int, block: nn.Module):
+        attn = attention_of(block)
+        adapter, fp = adapter_of(attn), attn.fp if isinstance(attn, QuantAttentionBase) else attn
 
         def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if hasattr(block, "shift_size"):  # Swin: (B * windows, window area, C)
-                tokens, grid = x, self._swin_grid(block, x)
-            else:  # ViT/DeiT: (B, prefix + patches, C)
-                h, w = _vit_grid(self.net)
-                tokens = x[:, x.shape[1] - h * w:]
-                grid = tokens.reshape(x.shape[0], h, w, x.shape[2])
-            self.outputs.append(MHSAOutput(tokens, grid, attn.num_heads))
+            tokens, grid = adapter.mhsa_grid(self.net, block, args[0], self._args[i])
+            self.outputs.append(MHSAOutput(tokens, grid, fp.num_heads))
         return hook
-
-    @staticmethod
-    def _swin_grid(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        H, W = block.input_resolution
-        wh, ww = block.window_size
-        Hp, Wp = H + (-H) % wh, W + (-W) % ww
-        grid = window_reverse(x.reshape(-1, wh, ww, x.shape[-1]), (wh, ww), Hp, Wp)[:, :H, :W]
-        if any(block.shift_size):
-            grid = torch.roll(grid, shifts=tuple(block.shift_size), dims=(1, 2))
-        return grid

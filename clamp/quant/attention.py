@@ -6,15 +6,17 @@ QuantMatMul. Everything else about a model is generic module swapping (see wrap.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from timm.layers.attention import Attention
-from timm.models.swin_transformer import WindowAttention
+from timm.models.swin_transformer import WindowAttention, window_reverse
 from torch import nn
 
 from clamp.quant.modules import QuantMatMul
 
+TokensGrid = tuple[torch.Tensor, torch.Tensor]
 ADAPTERS: dict[type[nn.Module], type[nn.Module]] = {}
 
 
@@ -27,7 +29,12 @@ def register_attention(fp_type: type[nn.Module]) -> Callable[[type[nn.Module]], 
 
 
 class QuantAttentionBase(nn.Module):
-    """Holds the FP attention module (its qkv/proj become QuantLinear) and the two matmuls."""
+    """Holds the FP attention module (its qkv/proj become QuantLinear) and the two matmuls.
+
+    Each adapter also knows its geometry: ``mhsa_grid`` puts the MHSA output (the input of
+    ``proj``) back on the spatial patch grid, for the generation losses."""
+
+    windowed = False  # shifted-window attention (Swin)
 
     def __init__(self, fp: nn.Module, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> None:
         super().__init__()
@@ -37,6 +44,31 @@ class QuantAttentionBase(nn.Module):
     def proj(self) -> nn.Module:
         """The output projection: its input is the MHSA output (heads merged) used by generation."""
         return self.fp.proj
+
+    @staticmethod
+    def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
+        """(tokens (B', N, C) without prefix tokens, grid (B, H, W, C)) of the MHSA output ``x``
+        of ``block`` in ``net``; ``block_args`` are the block's forward arguments."""
+        raise NotImplementedError
+
+
+def square_side(n: int) -> int:
+    """The side of a square grid of ``n`` patch tokens."""
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} patch tokens are not a square grid: generate square images")
+    return side
+
+
+def unwindow(x: torch.Tensor, hw: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """Windows (B * nW, wh * ww, C) of a padded, cyclically shifted (H, W) map -> (B, H, W, C)."""
+    H, W = hw
+    wh, ww = window
+    Hp, Wp = H + (-H) % wh, W + (-W) % ww
+    grid = window_reverse(x.reshape(-1, wh, ww, x.shape[-1]), (wh, ww), Hp, Wp)
+    if any(shift):
+        grid = torch.roll(grid, shifts=tuple(shift), dims=(1, 2))
+    return grid[:, :H, :W]
 
 
 @register_attention(Attention)
@@ -58,10 +90,18 @@ class QuantViTAttention(QuantAttentionBase):
             x = x * gate
         return m.proj_drop(m.proj(x))
 
+    @staticmethod
+    def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
+        h, w = net.patch_embed.grid_size
+        tokens = x[:, x.shape[1] - h * w:]
+        return tokens, tokens.reshape(x.shape[0], h, w, x.shape[2])
+
 
 @register_attention(WindowAttention)
 class QuantWindowAttention(QuantAttentionBase):
     """timm Swin ``WindowAttention`` (relative position bias, shifted-window mask)."""
+
+    windowed = True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         m = self.fp
@@ -74,3 +114,7 @@ class QuantWindowAttention(QuantAttentionBase):
             attn = attn.view(-1, m.num_heads, N, N)
         x = self.matmul_av(m.attn_drop(attn.softmax(dim=-1)), v)
         return m.proj_drop(m.proj(x.transpose(1, 2).reshape(B_, N, -1)))
+
+    @staticmethod
+    def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
+        return x, unwindow(x, block.input_resolution, block.window_size, block.shift_size)

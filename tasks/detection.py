@@ -1,0 +1,89 @@
+"""Object detection and instance segmentation with mmdet: COCO val2017 at paper scale, the
+Fashion-MNIST canvases at micro scale; box and mask mAP from mmdet's own CocoMetric."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from clamp.cache import atomic_write_text, cache_dir, config_key
+from tasks import mm_attention  # noqa: F401  (registers the mmdet Swin attention adapter)
+from tasks.mm import MMTask
+
+COCO_ENV = "CLAMP_COCO"
+REPO_CONFIGS = Path(__file__).parent / "configs"
+
+
+class DetectionTask(MMTask):
+    """An mmdet detector (config + checkpoint) whose SwinTransformer backbone the methods quantize."""
+
+    name = "detection"
+    metric = "bbox_mAP"
+    scope = "mmdet"
+    package = "mmdet"
+    data_env = COCO_ENV
+    data_what = "COCO: a folder with val2017/, train2017/ and annotations/instances_val2017.json"
+    micro_models = ("micro_mask-rcnn_swin_fmnist",)
+    paper_models = ("mask-rcnn_swin-t-p4-w7_fpn_1x_coco", "mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco",
+                    "mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco",
+                    "cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco",
+                    "cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-crop-3x_coco")
+
+    def _config_path(self, model_id: str) -> Path:
+        repo = REPO_CONFIGS / f"{model_id}.py"  # Cascade Mask R-CNN + Swin: mmdet ships no config
+        return repo if repo.is_file() else super()._config_path(model_id)
+
+    def _data_root(self, data_root: str | None) -> Path:
+        root = super()._data_root(data_root)
+        if not (root / "annotations" / "instances_val2017.json").is_file() or not (root / "val2017").is_dir():
+            raise FileNotFoundError(f"COCO not found at {str(root)!r}: pass --data-root or set {COCO_ENV} to "
+                                    f"{self.data_what.split(': ', 1)[1]}")
+        return root
+
+    def _split(self, split: str) -> tuple[str, str]:
+        """(annotation file, image folder) of a split, relative to the data root."""
+        if self.micro:
+            return f"annotations/instances_{split}.json", f"{split}/"
+        return f"annotations/instances_{split}2017.json", f"{split}2017/"
+
+    def _set_data(self, cfg, root: Path) -> None:
+        ann, images = self._split("val")
+        dataset = cfg.test_dataloader.dataset
+        dataset.update(data_root=str(root), ann_file=ann, data_prefix=dict(img=images))
+        cfg.test_dataloader.update(num_workers=0 if self.micro else 4, persistent_workers=False,
+                                   batch_size=self.batch_size if self.micro else 1)
+        cfg.test_evaluator.update(ann_file=str(root / ann))
+        if "train_dataloader" in cfg:
+            ann, images = self._split("train")
+            cfg.train_dataloader.dataset.update(data_root=str(root), ann_file=ann, data_prefix=dict(img=images))
+
+    def train_images(self) -> Path:
+        return self.data_root / self._split("train")[1]
+
+    def test_config(self):
+        """CocoMetric scores every image of its annotation file: a subset gets its own file."""
+        dataloader, evaluator = super().test_config()
+        if self.n_eval is None:
+            return dataloader, evaluator
+        ann_file = Path(evaluator.ann_file)
+        coco = json.loads(ann_file.read_text())
+        keep = {img["id"] for img in sorted(coco["images"], key=lambda img: img["id"])[:self.n_eval]}
+        subset = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
+                  "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+        path = cache_dir("coco-subsets") / f"{config_key([str(ann_file), ann_file.stat().st_mtime, self.n_eval])}.json"
+        if not path.is_file():
+            atomic_write_text(path, json.dumps(subset))
+        dataloader, evaluator = dataloader.copy(), evaluator.copy()
+        dataloader.dataset = {**dataloader.dataset, "ann_file": str(path)}
+        evaluator.ann_file = str(path)
+        return dataloader, evaluator
+
+    def convert(self, metrics: dict) -> dict[str, float]:
+        """CocoMetric's fractions as percents: box and mask mAP, AP50, AP75."""
+        out = {}
+        for kind in ("bbox", "segm"):
+            for suffix in ("", "_50", "_75"):
+                key = f"coco/{kind}_mAP{suffix}"
+                if key in metrics:
+                    out[f"{kind}_mAP{suffix}"] = round(100 * float(metrics[key]), 2)
+        out["n_eval"] = len(json.loads(Path(self.test_config()[1].ann_file).read_text())["images"])
+        return out

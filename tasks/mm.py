@@ -1,0 +1,235 @@
+"""What the mmdet and mmseg adapters share: an mm config plus a checkpoint -> a model, its
+transformer backbone for the methods, and evaluation through mmengine's own Runner test loop
+with the framework's own evaluator (nothing of either is re-implemented here).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from clamp.task import InputSpec, feature_contrastive_loss
+
+MICRO_CONFIGS = Path(__file__).parent / "micro" / "configs"
+CHECKPOINTS = Path(__file__).parent / "micro" / "checkpoints"
+
+
+def _quiet_mmengine() -> None:
+    logging.getLogger("mmengine").setLevel(logging.WARNING)
+
+
+def published_weights(metafile: Path, config_name: str) -> str | None:
+    """The URL of the published weights of ``config_name`` in an OpenMMLab metafile."""
+    from mmengine.fileio import load
+
+    for model in load(str(metafile)).get("Models", []):
+        if Path(model.get("Config", "")).stem == config_name:
+            return model.get("Weights")
+    return None
+
+
+class MMTask:
+    """Base of the detection and segmentation adapters; subclasses set the class attributes and
+    ``_set_data`` (where the config's dataloaders and evaluator find the data)."""
+
+    name: str
+    metric: str
+    scope: str  # the mm registry scope: mmdet or mmseg
+    package: str  # the package whose .mim/configs hold the paper-scale configs
+    data_env: str
+    data_what: str  # how the dataset folder must look, for the error message
+    micro_models: tuple[str, ...]
+    paper_models: tuple[str, ...]
+    paper_input: int = 512  # side of the synthetic images at paper scale
+    num_classes = None  # label-free: no generation prior
+    quant_exclude: tuple[str, ...] = ()
+
+    def __init__(self, model_id: str, *, checkpoint: str | None = None,
+                 data_root: str | None = None, device: str | torch.device = "cpu", n_eval: int | None = None,
+                 quant_neck: bool = False, batch_size: int = 8) -> None:
+        _quiet_mmengine()
+        self.model_id, self.device, self.n_eval = model_id, torch.device(device), n_eval
+        self.quant_neck, self.batch_size = quant_neck, batch_size
+        self.micro = model_id in self.micro_models
+        self.config_path = self._config_path(model_id)
+        self._checkpoint_arg = checkpoint
+        self.data_root = self._micro_data() if self.micro else self._data_root(data_root)
+        self._model: nn.Module | None = None
+
+    # ---- configuration ---------------------------------------------------------------------
+    def _package_configs(self) -> Path:
+        import importlib
+
+        return Path(importlib.import_module(self.package).__file__).parent / ".mim" / "configs"
+
+    def _config_path(self, model_id: str) -> Path:
+        """A model id is a config: a micro model, a config name of the package, or a .py path."""
+        if model_id.endswith(".py"):
+            if not Path(model_id).is_file():
+                raise FileNotFoundError(f"config {model_id} does not exist: pass an existing mm config file")
+            return Path(model_id)
+        if model_id in self.micro_models:
+            return MICRO_CONFIGS / f"{model_id}.py"
+        found = sorted(self._package_configs().glob(f"*/{model_id}.py"))
+        if not found:
+            raise ValueError(f"unknown model {model_id!r}: use a {self.package} config name such as "
+                             f"{self.paper_models[0]}, a micro model ({', '.join(self.micro_models)}), "
+                             "or the path of a config file")
+        return found[0]
+
+    @cached_property
+    def checkpoint(self) -> Path:
+        """--checkpoint, the committed micro checkpoint, or the published weights in torch's cache."""
+        if self._checkpoint_arg is not None:
+            path = Path(self._checkpoint_arg)
+        elif self.micro:
+            path = CHECKPOINTS / f"{self.model_id}.pth"
+        else:
+            url = published_weights(self.config_path.parent / "metafile.yaml", self.config_path.stem) or \
+                published_weights(self.config_path.parent / "metafile.yml", self.config_path.stem)
+            if url is None:
+                raise FileNotFoundError(f"no published weights for {self.config_path.stem}: pass --checkpoint PATH")
+            path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+            if not path.is_file():
+                raise FileNotFoundError(f"weights of {self.config_path.stem} are not in the local cache: pass "
+                                        f"--checkpoint PATH, or fetch them once online into {path.parent} ({url})")
+        if not path.is_file():
+            hint = (f"train it with `python -m tasks.micro.train_mm {self.model_id}`" if self.micro
+                    else "pass an existing file")
+            raise FileNotFoundError(f"checkpoint {path} does not exist: {hint}")
+        return path
+
+    def _micro_data(self) -> Path:
+        from tasks.micro.canvas import dataset_root
+
+        return dataset_root(self.name)
+
+    def _data_root(self, data_root: str | None) -> Path:
+        root = data_root or os.environ.get(self.data_env)
+        if not root or not Path(root).is_dir():
+            raise FileNotFoundError(f"{self.data_what.split(':')[0]} not found at {root!r}: pass --data-root or set "
+                                    f"{self.data_env} to {self.data_what.split(': ', 1)[1]}")
+        return Path(root)
+
+    def _set_data(self, cfg, root: Path) -> None:
+        raise NotImplementedError
+
+    @cached_property
+    def cfg(self):
+        """The model's own config, pointed at the data, with nothing to download at build time."""
+        from mmengine.config import Config
+
+        cfg = Config.fromfile(str(self.config_path))
+        cfg.model.pop("pretrained", None)
+        cfg.model.backbone.pop("init_cfg", None)
+        cfg.model.backbone.pop("pretrained", None)
+        self._set_data(cfg, self.data_root)
+        return cfg
+
+    # ---- the model -------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """The FP model from its config and checkpoint (a plain state dict or an mm checkpoint)."""
+        if self._model is None:
+            from mmengine.registry import MODELS, init_default_scope
+            from mmengine.runner import load_checkpoint
+
+            init_default_scope(self.scope)
+            model = MODELS.build(copy.deepcopy(self.cfg.model))
+            try:
+                load_checkpoint(model, str(self.checkpoint), map_location="cpu", strict=True,
+                                logger=logging.getLogger("mmengine"))
+            except Exception as err:  # corrupt file, or weights of another model
+                raise RuntimeError(f"cannot load {self.checkpoint} into {self.model_id} "
+                                   f"({str(err).splitlines()[0][:200]}): pass a matching --checkpoint") from err
+            model = self.prepare(model)
+            model.eval()  # mm modules override train() and may return None: not chained
+            self._model = model.requires_grad_(False).to(self.device)
+        return self._model
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """A hook for subclasses: make the built model's attention quantizable (same maths)."""
+        return model
+
+    @cached_property
+    def weights_id(self) -> str:
+        with open(self.checkpoint, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Synthetic images: square, RGB, normalised as the model's data preprocessor does."""
+        pre = self.cfg.model.data_preprocessor
+        side = self.cfg.get("image_size", self.paper_input) if self.micro else self.paper_input
+        return InputSpec((3, side, side), tuple(m / 255 for m in pre.mean), tuple(s / 255 for s in pre.std))
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        """What the methods generate from and quantize: the backbone, with the neck if asked."""
+        return nn.Sequential(model.backbone, model.neck) if self.quant_neck else model.backbone
+
+    def replace_backbone(self, model: nn.Module, net: nn.Module) -> nn.Module:
+        """A copy of ``model`` running ``net``; its heads are copies, the FP model is untouched."""
+        if self.quant_neck:
+            memo = {id(model.backbone): net[0], id(model.neck): net[1]}
+        else:
+            memo = {id(model.backbone): net}
+        return copy.deepcopy(model, memo)
+
+    def output_loss(self, fp_out: tuple[torch.Tensor, ...], q_out: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Label-free L_O: the patch-level contrastive loss on every output feature map."""
+        return feature_contrastive_loss(fp_out, q_out)
+
+    # ---- data --------------------------------------------------------------------------------
+    def train_images(self) -> Path:
+        raise NotImplementedError
+
+    def real_images(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` random training images at the synthetic-image size, normalised."""
+        files = sorted(p for p in self.train_images().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if len(files) < n:
+            raise FileNotFoundError(f"{self.train_images()} holds {len(files)} images, fewer than {n}")
+        pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        spec = self.input_spec
+
+        def load(path: Path) -> torch.Tensor:  # bilinear at the same size is the identity
+            x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None]
+            return F.interpolate(x.float().div(255), size=spec.shape[1:], mode="bilinear")
+
+        x = torch.cat([load(files[i]) for i in pick.tolist()])
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
+        return ((x - mean) / std).to(self.device)
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def test_config(self):
+        """The config's test dataloader and evaluator, restricted to ``n_eval`` images."""
+        return self.cfg.test_dataloader, self.cfg.test_evaluator
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The config's test loop through mmengine's Runner and the framework's evaluator. Under
+        torch.distributed (torchrun) the Runner shards the images and gathers the metric."""
+        from mmengine.runner import Runner
+
+        dataloader, evaluator = self.test_config()
+        launcher = "pytorch" if dist.is_initialized() else "none"
+        with tempfile.TemporaryDirectory(prefix="clamp-mm-") as work_dir:
+            runner = Runner(model=model, work_dir=work_dir, test_dataloader=copy.deepcopy(dataloader),
+                            test_cfg=dict(type="TestLoop"), test_evaluator=copy.deepcopy(evaluator),
+                            default_scope=self.scope, launcher=launcher, log_level="WARNING",
+                            default_hooks=dict(logger=dict(type="LoggerHook", interval=50)),
+                            env_cfg=dict(dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
+                            visualizer=dict(type="Visualizer", vis_backends=[]))
+            metrics = runner.test()
+        return self.convert(metrics)
+
+    def convert(self, metrics: dict) -> dict[str, float]:
+        raise NotImplementedError

@@ -1,0 +1,60 @@
+"""Semantic segmentation with mmseg: ADE20K at paper scale, the Fashion-MNIST canvases at micro
+scale; mIoU, mAcc and aAcc from mmseg's own IoUMetric."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from tasks.mm import MMTask
+from tasks.mm_attention import rewrite_attention
+
+ADE20K_ENV = "CLAMP_ADE20K"
+
+
+class SegmentationTask(MMTask):
+    """An mmseg segmentor (config + checkpoint) whose ViT or Swin backbone the methods quantize."""
+
+    name = "segmentation"
+    metric = "mIoU"
+    scope = "mmseg"
+    package = "mmseg"
+    data_env = ADE20K_ENV
+    data_what = "ADE20K: the ADEChallengeData2016 folder (images/ and annotations/, training/ and validation/)"
+    micro_models = ("micro_upernet_deit_fmnist",)
+    paper_models = ("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512",
+                    "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512",
+                    "swin-small-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512")
+
+    def _data_root(self, data_root: str | None) -> Path:
+        root = super()._data_root(data_root)
+        if not (root / "images" / "validation").is_dir() or not (root / "annotations" / "validation").is_dir():
+            raise FileNotFoundError(f"ADE20K not found at {str(root)!r}: pass --data-root or set {ADE20K_ENV} to "
+                                    f"{self.data_what.split(': ', 1)[1]}")
+        return root
+
+    def _set_data(self, cfg, root: Path) -> None:
+        for name in ("train_dataloader", "test_dataloader"):
+            if name in cfg:
+                cfg[name].dataset.data_root = str(root)
+        cfg.test_dataloader.update(num_workers=0 if self.micro else 4, persistent_workers=False,
+                                   batch_size=self.batch_size if self.micro else 1)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return rewrite_attention(model)  # mmseg's ViT: torch's fused attention -> explicit matmuls
+
+    def train_images(self) -> Path:
+        return self.data_root / "images" / "training"
+
+    def test_config(self):
+        dataloader, evaluator = super().test_config()
+        if self.n_eval is not None:
+            dataloader = dataloader.copy()
+            dataloader.dataset = {**dataloader.dataset, "indices": self.n_eval}
+        return dataloader, evaluator
+
+    def convert(self, metrics: dict) -> dict[str, float]:
+        """IoUMetric already reports percents."""
+        out = {k: round(float(metrics[k]), 2) for k in ("mIoU", "mAcc", "aAcc") if k in metrics}
+        out["n_eval"] = self.n_eval or len(list((self.data_root / "images" / "validation").iterdir()))
+        return out
