@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    common.add_argument("--data-root", help="dataset folder (ImageNet: with train/ and val/)")
-    common.add_argument("--checkpoint", help="weights file for the model instead of the local HF cache")
+    common.add_argument("--data-root", help="dataset folder: ImageNet (train/, val/), COCO (val2017/, annotations/) "
+                                            "or ADE20K (ADEChallengeData2016)")
+    common.add_argument("--checkpoint", help="weights file for the model instead of the local HF / torch hub cache")
     common.add_argument("--force", action="store_true", help="recompute cells that are already stored")
     common.add_argument("--executor", default="none", choices=EXECUTORS,
                         help="none: run here; slurm: one submitit job per cell")

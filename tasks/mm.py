@@ -105,8 +105,8 @@ class MMTask:
                 raise FileNotFoundError(f"weights of {self.config_path.stem} are not in the local cache: pass "
                                         f"--checkpoint PATH, or fetch them once online into {path.parent} ({url})")
         if not path.is_file():
-            hint = (f"train it with `python -m tasks.micro.train_mm {self.model_id}`" if self.micro
-                    else "pass an existing file")
+            hint = ("pass an existing file" if self._checkpoint_arg
+                    else f"train it with `python -m tasks.micro.train_mm {self.model_id}`")
             raise FileNotFoundError(f"checkpoint {path} does not exist: {hint}")
         return path
 
@@ -227,7 +227,10 @@ class MMTask:
                             default_scope=self.scope, launcher=launcher, log_level="WARNING",
                             default_hooks=dict(logger=dict(type="LoggerHook", interval=50)),
                             env_cfg=dict(dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-                            visualizer=dict(type="Visualizer", vis_backends=[]))
+                            visualizer=dict(type="Visualizer", vis_backends=[]),
+                            # DDP refuses a model without trainable parameters; this wrapper skips them
+                            cfg=dict(model_wrapper_cfg=dict(type="MMSeparateDistributedDataParallel",
+                                                            broadcast_buffers=False)))
             metrics = runner.test()
         return self.convert(metrics)
 

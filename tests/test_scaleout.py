@@ -93,9 +93,14 @@ def test_a_plugin_method_runs_in_compare(tmp_path):
     assert values[2] == pytest.approx(values[0] - values[1], abs=0.011)  # example-uniform - gaussian
 
 
-def test_torchrun_with_two_gloo_ranks_stores_the_single_process_result(tmp_path):
-    args = ["--model", SWIN, "--method", "gaussian", "--w-bits", "8", "--a-bits", "8", "--n-eval", "400",
-            "--device", "cpu"]
+@pytest.mark.parametrize("task, model, n_eval", [
+    ("classification", SWIN, 400),
+    ("detection", "micro_mask-rcnn_swin_fmnist", 24),  # through mmengine's own launcher
+    ("segmentation", "micro_upernet_deit_fmnist", 24),
+])
+def test_torchrun_with_two_gloo_ranks_stores_the_single_process_result(tmp_path, task, model, n_eval):
+    args = ["--task", task, "--model", model, "--method", "gaussian", "--w-bits", "8", "--a-bits", "8",
+            "--n-eval", str(n_eval), "--device", "cpu"]
     env = {**os.environ, "CLAMP_RESULTS": str(tmp_path / "dist"), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "benchmarks",
                     "run", *args], cwd=ROOT, env=env, check=True, capture_output=True)
@@ -104,4 +109,5 @@ def test_torchrun_with_two_gloo_ranks_stores_the_single_process_result(tmp_path)
                    capture_output=True)
     dist_rec, single_rec = (json.loads(next((tmp_path / d).glob("cells/*/*.json")).read_text())
                             for d in ("dist", "single"))
-    assert dist_rec["quant"] == single_rec["quant"] and dist_rec["quant"]["n_eval"] == 400
+    assert dist_rec["status"] == "ok", dist_rec.get("error")
+    assert dist_rec["quant"] == single_rec["quant"] and dist_rec["quant"]["n_eval"] == n_eval
