@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import sys
+import warnings
 
 import pandas as pd
 
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("list", help="list tasks, methods and suites")
 
     args = parser.parse_args(argv)
+    # mmcv 2.1 imports pkg_resources, which setuptools < 81 (needed to build mmcv) deprecates loudly
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     init_distributed()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
