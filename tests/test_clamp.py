@@ -9,7 +9,7 @@ import torch
 import clamp.method as clamp_method
 from clamp.generate.contrastive import (
     local_contrastive_loss,
-    neighbourhood_mask,
+    neighbours,
     patch_contrastive_loss,
     select_positives,
 )
@@ -27,19 +27,49 @@ def task():
     return ClassificationTask("micro_swin_patch2_window4_32", n_eval=300)
 
 
+def neighbour_set(index, valid, i):
+    return set(index[i][valid[i]].tolist())
+
+
 def test_neighbourhood_on_a_4x4_grid():
-    near = neighbourhood_mask(4, 4)
-    assert set(near[0].nonzero().flatten().tolist()) == {1, 4, 5}  # corner
-    assert set(near[5].nonzero().flatten().tolist()) == {0, 1, 2, 4, 6, 8, 9, 10}  # interior
-    assert set(near[1].nonzero().flatten().tolist()) == {0, 2, 4, 5, 6}  # edge
-    assert not near.diagonal().any()
+    index, valid = neighbours(4, 4)
+    assert neighbour_set(index, valid, 0) == {1, 4, 5}  # corner
+    assert neighbour_set(index, valid, 5) == {0, 1, 2, 4, 6, 8, 9, 10}  # interior
+    assert neighbour_set(index, valid, 1) == {0, 2, 4, 5, 6}  # edge
+    assert all(i not in neighbour_set(index, valid, i) for i in range(16))
 
 
 def test_top4_positives_among_the_neighbours():
-    sim = torch.arange(16.0).repeat(16, 1)[None] / 100  # similarity to patch j grows with j
-    pos = select_positives(sim, neighbourhood_mask(4, 4)[None], k=4)[0]
-    assert set(pos[5].nonzero().flatten().tolist()) == {6, 8, 9, 10}
-    assert set(pos[0].nonzero().flatten().tolist()) == {1, 4, 5}  # only 3 candidates at a corner
+    index, valid = neighbours(4, 4)
+    sim = (index.float() / 100)[None]  # similarity to patch j grows with j
+    top, ok = select_positives(sim, valid, k=4)
+    assert set(index[5][top[0, 5]].tolist()) == {6, 8, 9, 10}
+    assert set(index[0][top[0, 0][ok[0, 0]]].tolist()) == {1, 4, 5}  # only 3 candidates at a corner
+
+
+def dense_reference(grid, tau=0.1, k=4):
+    """The loss written out over the full (P, P) matrix, as the paper states it."""
+    b, h, w, c = grid.shape
+    t = torch.nn.functional.normalize(grid.reshape(b, h * w, c), dim=-1)
+    sim = t @ t.transpose(1, 2)
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    eye = torch.eye(h * w, dtype=torch.bool)
+    near = ((ys[:, None] - ys).abs() <= 1) & ((xs[:, None] - xs).abs() <= 1) & ~eye
+    top = sim.detach().masked_fill(~near, float("-inf")).topk(k, -1).indices
+    pos = torch.zeros_like(sim, dtype=torch.bool).scatter_(-1, top, True) & near
+    numer = torch.logsumexp((sim / tau).masked_fill(~pos, float("-inf")), -1)
+    denom = torch.logsumexp((sim / tau).masked_fill(eye, float("-inf")), -1)
+    return (denom - numer).mean()
+
+
+def test_loss_and_gradient_equal_the_dense_reference():
+    torch.manual_seed(0)
+    grid = torch.randn(3, 5, 7, 6, dtype=torch.float64, requires_grad=True)
+    fast, ref = patch_contrastive_loss(grid), dense_reference(grid)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-10)
+    (g_fast,), (g_ref,) = torch.autograd.grad(fast, grid), torch.autograd.grad(ref, grid)
+    torch.testing.assert_close(g_fast, g_ref)
 
 
 def test_identical_tokens_give_the_hand_computed_loss():
