@@ -232,6 +232,10 @@ class MMTask:
                             cfg=dict(model_wrapper_cfg=dict(type="MMSeparateDistributedDataParallel",
                                                             broadcast_buffers=False)))
             metrics = runner.test()
+            # the Runner's logger stays mmengine's current one: detach its file in the deleted work dir
+            for handler in [h for h in runner.logger.handlers if isinstance(h, logging.FileHandler)]:
+                runner.logger.removeHandler(handler)
+                handler.close()
         return self.convert(metrics)
 
     def convert(self, metrics: dict) -> dict[str, float]:
