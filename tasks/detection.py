@@ -3,6 +3,7 @@ Fashion-MNIST canvases at micro scale; box and mask mAP from mmdet's own CocoMet
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 
 from clamp.cache import atomic_write_text, cache_dir, config_key
@@ -59,22 +60,30 @@ class DetectionTask(MMTask):
     def train_images(self) -> Path:
         return self.data_root / self._split("train")[1]
 
+    @cached_property
+    def eval_annotations(self) -> tuple[Path, int]:
+        """The annotation file CocoMetric scores and its number of images. CocoMetric scores
+        every image of its file: an ``n_eval`` subset gets a file of its own, written once."""
+        ann_file = Path(super().test_config()[1].ann_file)
+        coco = json.loads(ann_file.read_text())
+        if self.n_eval is None:
+            return ann_file, len(coco["images"])
+        path = cache_dir("coco-subsets") / f"{config_key([str(ann_file), ann_file.stat().st_mtime, self.n_eval])}.json"
+        keep = {img["id"] for img in sorted(coco["images"], key=lambda img: img["id"])[:self.n_eval]}
+        if not path.is_file():
+            subset = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
+                      "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+            atomic_write_text(path, json.dumps(subset))
+        return path, len(keep)
+
     def test_config(self):
-        """CocoMetric scores every image of its annotation file: a subset gets its own file."""
         dataloader, evaluator = super().test_config()
         if self.n_eval is None:
             return dataloader, evaluator
-        ann_file = Path(evaluator.ann_file)
-        coco = json.loads(ann_file.read_text())
-        keep = {img["id"] for img in sorted(coco["images"], key=lambda img: img["id"])[:self.n_eval]}
-        subset = {**coco, "images": [i for i in coco["images"] if i["id"] in keep],
-                  "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
-        path = cache_dir("coco-subsets") / f"{config_key([str(ann_file), ann_file.stat().st_mtime, self.n_eval])}.json"
-        if not path.is_file():
-            atomic_write_text(path, json.dumps(subset))
+        path = str(self.eval_annotations[0])
         dataloader, evaluator = dataloader.copy(), evaluator.copy()
-        dataloader.dataset = {**dataloader.dataset, "ann_file": str(path)}
-        evaluator.ann_file = str(path)
+        dataloader.dataset = {**dataloader.dataset, "ann_file": path}
+        evaluator.ann_file = path
         return dataloader, evaluator
 
     def convert(self, metrics: dict) -> dict[str, float]:
@@ -85,5 +94,5 @@ class DetectionTask(MMTask):
                 key = f"coco/{kind}_mAP{suffix}"
                 if key in metrics:
                     out[f"{kind}_mAP{suffix}"] = round(100 * float(metrics[key]), 2)
-        out["n_eval"] = len(json.loads(Path(self.test_config()[1].ann_file).read_text())["images"])
+        out["n_eval"] = self.eval_annotations[1]
         return out
