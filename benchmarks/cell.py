@@ -43,15 +43,21 @@ class Cell:
         unknown = set(self.quant_options) - QUANT_OPTIONS
         if unknown:
             raise ValueError(f"unknown quantizer options {sorted(unknown)}: use {', '.join(sorted(QUANT_OPTIONS))}")
+        object.__setattr__(self, "quant_options", {"layout": QuantConfig.layout, **self.quant_options})
+        self.quant_config()  # rejects impossible quantizer options before any work
 
     @property
     def precision(self) -> str:
         return f"{'MP-' if self.mixed else ''}W{self.w_bits}A{self.a_bits}"
 
     def config(self) -> dict[str, Any]:
+        """The configuration the key hashes. Fields added after cells were stored are left out at
+        the value those cells had, so their keys hold: empty task options, the inputs layout."""
         config = asdict(self)
-        if not config["task_options"]:  # keeps the keys of cells from before the field existed
+        if not config["task_options"]:
             del config["task_options"]
+        if config["quant_options"]["layout"] == "inputs":
+            del config["quant_options"]["layout"]
         return config
 
     @property
@@ -66,4 +72,6 @@ class Cell:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:
+        """The cell of a stored configuration (one without a layout predates it: ``inputs``)."""
+        config = {**config, "quant_options": {"layout": "inputs", **config.get("quant_options", {})}}
         return cls(**config)

@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--seed", type=int, default=0)
     one.add_argument("--n-eval", type=int, help="evaluate on a fixed random subset of this size")
     one.add_argument("--option", **option, help="method option (JSON value), repeatable")
-    one.add_argument("--quant-option", **option, help="w_observer, a_observer, symmetric, softmax_quant")
+    one.add_argument("--quant-option", **option,
+                     help="layout (reference, the default, or inputs), w_observer, a_observer; with layout=inputs "
+                          "also symmetric, softmax_quant")
     one.add_argument("--task-option", **option, help="task option (JSON value), e.g. quant_neck=true for mm tasks")
 
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")

@@ -10,11 +10,12 @@ import pandas as pd
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write, atomic_write_text
 
-COLUMNS = ["task", "model", "method", "precision", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
-           "compression_ratio", "size_mb", "metric", "fp_value", "quant_value", "delta", "quant_metrics", "seed",
+COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
+           "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "metric", "fp_value",
+           "quant_value", "delta", "quant_metrics", "seed",
            "calibration", "n_calib", "n_eval", "wall_s", "device", "versions", "timestamp", "config_key", "config"]
-SORT = ["model", "method", "precision", "seed", "config_key"]
-GROUP = ["task", "model", "method", "precision", "config", "metric"]
+SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
+GROUP = ["task", "model", "layout", "method", "precision", "config", "metric"]
 
 
 def row(record: dict) -> dict:
@@ -22,10 +23,16 @@ def row(record: dict) -> dict:
     cfg, metric, comp = record["config"], record["metric"], record["compression"]
     fp, quant = record["fp"][metric], record["quant"][metric]
     precision = f"{'MP-' if cfg['mixed'] else ''}W{cfg['w_bits']}A{cfg['a_bits']}"
+    def optional(key: str) -> float | None:  # absent from records computed before it was measured
+        return round(comp[key], 3) if key in comp else None
+
     return {
         "task": cfg["task"], "model": cfg["model"], "method": cfg["method"], "precision": precision,
+        "layout": cfg["quant_options"].get("layout", "inputs"),
         "w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"], "mean_w_bits": round(comp["mean_w_bits"], 3),
-        "mean_a_bits": round(comp["mean_a_bits"], 3), "compression_ratio": round(comp["compression_ratio"], 3),
+        "mean_a_bits": round(comp["mean_a_bits"], 3), "mean_w_bits_plain": optional("mean_w_bits_plain"),
+        "mean_a_bits_weighted": optional("mean_a_bits_weighted"),
+        "compression_ratio": round(comp["compression_ratio"], 3), "gbops": optional("gbops"),
         "size_mb": round(comp["size_mb"], 4), "metric": metric, "fp_value": round(fp, 3),
         "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
         "quant_metrics": ";".join(f"{k}={v:.3f}" for k, v in sorted(record["quant"].items()) if k != "n_eval"),
@@ -39,7 +46,7 @@ def row(record: dict) -> dict:
 def _config_text(cfg: dict) -> str:
     """Method and quantizer options (the rest has columns of its own), compact and stable."""
     parts = [f"{k}={v}" for k, v in sorted(cfg["method_options"].items())]
-    parts += [f"quant.{k}={v}" for k, v in sorted(cfg["quant_options"].items())]
+    parts += [f"quant.{k}={v}" for k, v in sorted(cfg["quant_options"].items()) if k != "layout"]
     parts += [f"task.{k}={v}" for k, v in sorted(cfg.get("task_options", {}).items())]
     return ";".join(parts)
 
@@ -68,7 +75,7 @@ def markdown(summ: pd.DataFrame) -> str:
         return "(no finished cells)\n"
     cell = summ.apply(lambda r: f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else ""), axis=1)
     wide = summ.assign(cell=cell, method=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else ""))
-    wide = wide.pivot_table(index=["model", "fp_value", "method"], columns="precision", values="cell",
+    wide = wide.pivot_table(index=["model", "fp_value", "layout", "method"], columns="precision", values="cell",
                             aggfunc="first").reset_index().fillna("")
     wide.columns.name = None
     header = "| " + " | ".join(wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
@@ -86,7 +93,8 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
 
     if summ.empty:
         return
-    summ = summ.assign(label=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else ""))
+    summ = summ.assign(label=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else "")
+                       + summ["layout"].map(lambda layout: "" if layout == "reference" else f" [{layout}]"))
     models = sorted(summ["model"].unique())
     colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(summ["label"].unique()))}
     styles = {8: "-", 6: "--", 4: ":"}

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from clamp.cache import atomic_write_text, cache_dir, config_key
-from tasks import mm_attention  # noqa: F401  (registers the mmdet Swin attention adapter)
+from tasks import mm_layout  # noqa: F401  (registers the mmdet Swin attention adapter and reference sites)
 from tasks.mm import MMTask
 
 COCO_ENV = "CLAMP_COCO"

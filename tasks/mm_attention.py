@@ -13,20 +13,27 @@ from mmdet.models.backbones.swin import WindowMSA as DetWindowMSA
 from mmseg.models.backbones.swin import WindowMSA as SegWindowMSA
 from torch import nn
 
-from clamp.quant.attention import QuantAttentionBase, TokensGrid, register_attention, square_side, unwindow
+from clamp.quant.attention import (
+    QuantAttentionBase,
+    TokensGrid,
+    register_attention,
+    relative_position_bias,
+    square_side,
+    unwindow,
+)
 
 
-def _window_attention(m: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, matmul_qk, matmul_av) -> torch.Tensor:
-    """mm ``WindowMSA.forward`` with its two matmuls passed in."""
+def _window_attention(a: QuantAttentionBase, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """mm ``WindowMSA.forward`` through the adapter ``a``'s matmuls and bias quantizers."""
+    m = a.fp
     B, N, C = x.shape
     q, k, v = m.qkv(x).reshape(B, N, 3, m.num_heads, C // m.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-    attn = matmul_qk(q * m.scale, k.transpose(-2, -1))
-    bias = m.relative_position_bias_table[m.relative_position_index.view(-1)].view(N, N, -1)
-    attn = attn + bias.permute(2, 0, 1).unsqueeze(0)
+    bias = relative_position_bias(a.table_quant(m.relative_position_bias_table), m.relative_position_index, N)
+    attn = a.bias_quant(a.matmul_qk(q * m.scale, k.transpose(-2, -1)) + bias)
     if mask is not None:
         nW = mask.shape[0]
         attn = (attn.view(B // nW, nW, m.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)).view(-1, m.num_heads, N, N)
-    x = matmul_av(m.attn_drop(m.softmax(attn)), v).transpose(1, 2).reshape(B, N, C)
+    x = a.matmul_av(m.attn_drop(m.softmax(attn)), v).transpose(1, 2).reshape(B, N, C)
     return m.proj_drop(m.proj(x))
 
 
@@ -37,7 +44,7 @@ class QuantMMWindowMSA(QuantAttentionBase):
     windowed = True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _window_attention(self.fp, x, mask, self.matmul_qk, self.matmul_av)
+        return _window_attention(self, x, mask)
 
     @staticmethod
     def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:

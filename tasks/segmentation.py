@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from tasks import mm_layout  # noqa: F401  (registers the mm attention adapters and reference sites)
 from tasks.mm import MMTask
 from tasks.mm_attention import rewrite_attention
 

@@ -32,13 +32,17 @@ class QuantAttentionBase(nn.Module):
     """Holds the FP attention module (its qkv/proj become QuantLinear) and the two matmuls.
 
     Each adapter also knows its geometry: ``mhsa_grid`` puts the MHSA output (the input of
-    ``proj``) back on the spatial patch grid, for the generation losses."""
+    ``proj``) back on the spatial patch grid, for the generation losses. Windowed adapters pass
+    the relative-position-bias table through ``table_quant`` and the biased scores through
+    ``bias_quant`` (quantizers in the ``reference`` layout, identities otherwise)."""
 
     windowed = False  # shifted-window attention (Swin)
 
     def __init__(self, fp: nn.Module, matmul_qk: QuantMatMul, matmul_av: QuantMatMul) -> None:
         super().__init__()
         self.fp, self.matmul_qk, self.matmul_av = fp, matmul_qk, matmul_av
+        self.table_quant: nn.Module = nn.Identity()
+        self.bias_quant: nn.Module = nn.Identity()
 
     @property
     def proj(self) -> nn.Module:
@@ -58,6 +62,11 @@ def square_side(n: int) -> int:
     if side * side != n:
         raise ValueError(f"{n} patch tokens are not a square grid: generate square images")
     return side
+
+
+def relative_position_bias(table: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """(1, heads, n, n) bias of a window of ``n`` tokens from the (entries, heads) table."""
+    return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
 
 
 def unwindow(x: torch.Tensor, hw: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
@@ -107,7 +116,8 @@ class QuantWindowAttention(QuantAttentionBase):
         m = self.fp
         B_, N, _ = x.shape
         q, k, v = m.qkv(x).reshape(B_, N, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = self.matmul_qk(q * m.scale, k.transpose(-2, -1)) + m._get_rel_pos_bias()
+        bias = relative_position_bias(self.table_quant(m.relative_position_bias_table), m.relative_position_index, N)
+        attn = self.bias_quant(self.matmul_qk(q * m.scale, k.transpose(-2, -1)) + bias)
         if mask is not None:
             num_win = mask.shape[0]
             attn = attn.view(-1, num_win, m.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)

@@ -1,4 +1,4 @@
-"""Compression accounting: what a bit-width plan costs in storage."""
+"""Compression accounting: what a bit-width plan costs in storage and in bit operations."""
 from __future__ import annotations
 
 from torch import nn
@@ -8,14 +8,19 @@ from clamp.quant.wrap import is_weight, quant_layers, quantizers
 
 
 def compression_report(model: nn.Module) -> dict[str, float]:
-    """Compression ratio, mean bits and size of a (fake-)quantized model.
+    """Compression ratio, mean bits, size and BOPS of a (fake-)quantized model.
 
     compression_ratio = 32 * (number of parameters) / (sum of bits over all parameters), where
     parameters that are not quantized (biases, norms, embeddings, FP layers) count at 32 bits.
-    mean_w_bits is parameter-weighted over the quantizable layers' weights; mean_a_bits is the
-    plain mean over activation quantizers, the way the paper reports W4.9/A6.2.
+    Mean bits come two ways: ``mean_w_bits`` weighted by parameters and ``mean_w_bits_plain``
+    the plain mean over quantized layers; ``mean_a_bits`` the plain mean over activation
+    quantizers (how papers write W4.9/A6.2) and ``mean_a_bits_weighted`` weighted by the
+    elements each quantizes per image. ``gbops`` = sum over quantized Linear/Conv2d layers of
+    MACs per image x weight bits x bits of the input's quantizer (32 for an FP input), in 1e9;
+    it needs the costs probed by ``calibrate`` and is absent without them.
     """
-    quantized = {id(m.weight): m.w_quant.bits for m in quant_layers(model)}
+    layers = list(quant_layers(model))
+    quantized = {id(m.weight): m.w_quant.bits for m in layers}
     n_params = bits_total = 0
     layer_params = layer_bits = 0
     for p in model.parameters():
@@ -25,11 +30,18 @@ def compression_report(model: nn.Module) -> dict[str, float]:
         if id(p) in quantized:
             layer_params += p.numel()
             layer_bits += p.numel() * bits
-    a_bits = [q.bits for q in quantizers(model) if not is_weight(q)]
-    return {
+    acts = [q for q in quantizers(model) if not is_weight(q)]
+    report = {
         "compression_ratio": FP_BITS * n_params / bits_total,
         "mean_w_bits": layer_bits / layer_params if layer_params else float(FP_BITS),
-        "mean_a_bits": sum(a_bits) / len(a_bits) if a_bits else float(FP_BITS),
+        "mean_w_bits_plain": sum(m.w_quant.bits for m in layers) / len(layers) if layers else float(FP_BITS),
+        "mean_a_bits": sum(q.bits for q in acts) / len(acts) if acts else float(FP_BITS),
         "size_mb": bits_total / 8 / 1e6,
         "n_params": n_params,
     }
+    if acts and all(q.numel for q in acts):
+        report["mean_a_bits_weighted"] = sum(q.bits * q.numel for q in acts) / sum(q.numel for q in acts)
+    if layers and all(m.macs for m in layers):
+        a_bits = {q.name: q.bits for q in acts}
+        report["gbops"] = sum(m.macs * m.w_quant.bits * a_bits.get(m.feeder, FP_BITS) for m in layers) / 1e9
+    return report

@@ -43,12 +43,18 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     return (q - zero_point) * scale
 
 
-def range_to_affine(lo: torch.Tensor, hi: torch.Tensor, bits: int,
-                    symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point that map the real range [lo, hi] (widened to contain 0) onto the grid."""
+def range_to_affine(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool,
+                    full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that map the real range [lo, hi] (widened to contain 0) onto the grid.
+
+    Symmetric: s = max|x| / qmax, or with ``full_range`` s = max|x| / ((qmax - qmin) / 2) =
+    max|x| / ((2^b - 1) / 2), the weight scale of the published quantizers (PSAQ-ViT
+    ``models/quantization_utils/quant_utils.py``, ``symmetric_linear_quantization_params``):
+    [-max, max] spans all 2^b - 1 steps and the largest magnitude clamps to the grid's edge.
+    """
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
-        scale = torch.maximum(lo.abs(), hi.abs()) / qmax
+        scale = torch.maximum(lo.abs(), hi.abs()) / ((qmax - qmin) / 2 if full_range else qmax)
         return scale.clamp_min(1e-8), torch.zeros_like(scale)
     lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
@@ -61,13 +67,15 @@ class Quantizer(nn.Module):
 
     Lifecycle: ``fp`` (pass through) -> ``calibrate`` (observe, pass through) -> ``quant``.
     ``bits == 32`` keeps the tensor in FP whatever the state. ``mult`` scales the frozen scale;
-    it is what the evolutionary search mutates.
+    it is what the evolutionary search mutates. ``numel`` (elements per image) is set by the
+    calibration probe, for activation-weighted mean bits.
     """
 
     def __init__(self, name: str, bits: int, observer: str = "minmax", axis: int | None = None,
-                 symmetric: bool = False) -> None:
+                 symmetric: bool = False, full_range: bool = False) -> None:
         super().__init__()
-        self.name, self.axis, self.symmetric = name, axis, symmetric
+        self.name, self.axis, self.symmetric, self.full_range = name, axis, symmetric, full_range
+        self.numel: int | None = None
         self.bits = check_bits(bits)
         self.observer_name = observer
         self.observer: Observer = make_observer(observer, axis)
@@ -116,10 +124,10 @@ class Quantizer(nn.Module):
 
     def _params_from_observer(self) -> tuple[torch.Tensor, torch.Tensor]:
         def quantize(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return self._quant_with(x, *range_to_affine(lo, hi, self.bits, self.symmetric))
+            return self._quant_with(x, *range_to_affine(lo, hi, self.bits, self.symmetric, self.full_range))
 
         lo, hi = self.observer.range(quantize)
-        return range_to_affine(lo, hi, self.bits, self.symmetric)
+        return range_to_affine(lo, hi, self.bits, self.symmetric, self.full_range)
 
     def _quant_with(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
         qmin, qmax = qrange(self.bits, self.symmetric)
@@ -146,7 +154,8 @@ class Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.axis is not None else "per-tensor"
-        return f"{self.name}, bits={self.bits}, {kind}, symmetric={self.symmetric}, state={self.state}"
+        sym = "full-range" if self.full_range else self.symmetric
+        return f"{self.name}, bits={self.bits}, {kind}, symmetric={sym}, state={self.state}"
 
 
 class Log2Quantizer(Quantizer):

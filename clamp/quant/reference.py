@@ -1,0 +1,214 @@
+"""The ``reference`` layout: activation quantizers where the published ViT PTQ tables put them.
+
+PSAQ-ViT's quantized models (zkkli/PSAQ-ViT ``models/vit_quant.py``, ``models/swin_quant.py``,
+``models/layers_quant.py``; CLAMP-ViT's FQ-ViT-derived models are the same in substance) quantize
+layer OUTPUTS with per-tensor asymmetric min-max ``QuantAct`` modules and keep softmax,
+LayerNorm and GELU in FP. Per model: the input image, the patch embedding output (before and
+after its norm, when it has one), the class token concatenated to it, the position embedding,
+their sum; per block: norm1, qkv, the scaled scores q·kᵀ, attn·v, proj, the first residual sum,
+norm2, GELU, fc2, the second residual sum; Swin adds the relative-position-bias table, the
+biased scores and the patch-merging norm and reduction; at the end the final norm (Swin), the
+pooled features that feed the head, and the logits.
+
+Sites are attached without copying models: a quantizer becomes a child of the module whose
+output (or input) it quantizes, applied by a forward hook; residual sums, which no module
+outputs, need the block's forward, so a block's class is swapped for a subclass that adds
+them. Each model family registers its sites here (timm) or in ``tasks/`` (mm backbones); a
+model or block without an adapter fails with one line instead of running partly in FP.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTransformerBlock
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from clamp.quant.attention import QuantAttentionBase
+from clamp.quant.quantizer import Quantizer
+
+MakeQuantizer = Callable[[str], Quantizer]  # site name -> activation quantizer of that name
+Sites = Callable[[nn.Module, str, MakeQuantizer], None]  # (module, its name, make) -> attach
+MODEL_SITES: dict[type[nn.Module], Sites] = {}
+BLOCK_SITES: dict[type[nn.Module], Sites] = {}
+
+
+def register_model_sites(fp_type: type[nn.Module]) -> Callable[[Sites], Sites]:
+    """Decorator: ``fn(model, name, make)`` attaches the model-level sites of ``fp_type``."""
+    def wrap(fn: Sites) -> Sites:
+        MODEL_SITES[fp_type] = fn
+        return fn
+    return wrap
+
+
+def register_block_sites(fp_type: type[nn.Module]) -> Callable[[Sites], Sites]:
+    """Decorator: ``fn(block, name, make)`` attaches the sites of one block of ``fp_type``."""
+    def wrap(fn: Sites) -> Sites:
+        BLOCK_SITES[fp_type] = fn
+        return fn
+    return wrap
+
+
+def _quant_output(module: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return module.out_quant(out)
+
+
+def _quant_input(module: nn.Module, args: tuple) -> tuple:
+    return (module.in_quant(args[0]), *args[1:])
+
+
+def quantize_output(module: nn.Module, quantizer: Quantizer) -> None:
+    """Quantize ``module``'s output: the quantizer becomes its child ``out_quant``."""
+    module.out_quant = quantizer
+    module.register_forward_hook(_quant_output)
+
+
+def quantize_input(module: nn.Module, quantizer: Quantizer) -> None:
+    """Quantize ``module``'s first input: the quantizer becomes its child ``in_quant``."""
+    module.in_quant = quantizer
+    module.register_forward_pre_hook(_quant_input)
+
+
+def swap_class(module: nn.Module, cls: type[nn.Module], **quantizers: Quantizer) -> None:
+    """Turn ``module`` (of a base class of ``cls``) into a ``cls`` in place and add ``quantizers``
+    as children: ``cls`` overrides ``forward`` only, so parameters and names stay as they were."""
+    module.__class__ = cls
+    for name, q in quantizers.items():
+        setattr(module, name, q)
+
+
+def join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def attention_sites(attn: nn.Module, name: str, make: MakeQuantizer) -> None:
+    """qkv output, scaled scores, attn·v (the input of proj: per tensor, the same values as the
+    product before its head merge) and proj output; Swin also the bias table and biased scores."""
+    if not isinstance(attn, QuantAttentionBase):
+        raise ValueError(f"attention {type(attn).__name__} at {name} has no adapter: the reference layout "
+                         "cannot quantize it")
+    fp = attn.fp
+    attn.matmul_qk.out_quant = make(join(name, "scores"))
+    quantize_output(fp.qkv, make(join(name, "qkv.out")))
+    quantize_input(fp.proj, make(join(name, "av")))
+    quantize_output(fp.proj, make(join(name, "proj.out")))
+    if attn.windowed:
+        attn.table_quant = make(join(name, "table"))
+        attn.bias_quant = make(join(name, "scores_bias"))
+
+
+def mlp_sites(act: nn.Module, fc2: nn.Module, name: str, make: MakeQuantizer) -> None:
+    quantize_output(act, make(join(name, "act.out")))
+    quantize_output(fc2, make(join(name, "fc2.out")))
+
+
+def patch_embed_sites(patch_embed: nn.Module, name: str, make: MakeQuantizer, conv: str = "proj") -> None:
+    """The image (input), the projection's output and, when there is one, the norm's output."""
+    quantize_input(patch_embed, make(join(name, "input")))
+    quantize_output(getattr(patch_embed, conv), make(join(name, conv, "out")))
+    norm = getattr(patch_embed, "norm", None)
+    if norm is not None and not isinstance(norm, nn.Identity):
+        quantize_output(norm, make(join(name, "norm.out")))
+
+
+def patch_merging_sites(merging: nn.Module, name: str, make: MakeQuantizer) -> None:
+    """Swin's patch merging: its norm output (the reduction's input) and the reduction's output."""
+    quantize_output(merging.norm, make(join(name, "norm.out")))
+    quantize_output(merging.reduction, make(join(name, "reduction.out")))
+
+
+# ---- timm ViT / DeiT -----------------------------------------------------------------------
+class RefViTBlock(Block):
+    """timm ``Block`` with both residual sums quantized."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = self.res1(x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask,
+                                                              is_causal=is_causal))))
+        return self.res2(x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
+
+
+@register_block_sites(Block)
+def _vit_block(block: Block, name: str, make: MakeQuantizer) -> None:
+    quantize_output(block.norm1, make(join(name, "norm1.out")))
+    attention_sites(block.attn, join(name, "attn"), make)
+    quantize_output(block.norm2, make(join(name, "norm2.out")))
+    mlp_sites(block.mlp.act, block.mlp.fc2, join(name, "mlp"), make)
+    swap_class(block, RefViTBlock, res1=make(join(name, "res1")), res2=make(join(name, "res2")))
+
+
+def _embed(model: nn.Module, x: torch.Tensor, prefix_tokens: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    """Prefix tokens + patch tokens, + position embedding, each quantized (PSAQ-ViT's
+    ``qact_embed``, ``qact_pos`` and ``qact1``)."""
+    prefix = [t.expand(x.shape[0], -1, -1) for t in prefix_tokens if t is not None]
+    x = model.embed_quant(torch.cat([*prefix, x], dim=1))
+    return model.pos_drop(model.sum_quant(x + model.pos_quant(model.pos_embed)))
+
+
+class RefVisionTransformer(VisionTransformer):
+    """timm ``VisionTransformer`` with its embedding sum quantized."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return _embed(self, x, (self.cls_token, self.reg_token))
+
+
+class RefVisionTransformerDistilled(VisionTransformerDistilled):
+    """timm distilled DeiT: class and distillation tokens, then the same embedding sum."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return _embed(self, x, (self.cls_token, self.dist_token))
+
+
+@register_model_sites(VisionTransformer)
+@register_model_sites(VisionTransformerDistilled)
+def _vit(model: VisionTransformer, name: str, make: MakeQuantizer) -> None:
+    if model.pos_embed is None or model.no_embed_class or model.dynamic_img_size:
+        raise ValueError("the reference layout supports ViTs whose position embedding covers the class token "
+                         "at a fixed image size (DeiT, ViT): use layout=inputs for this one")
+    patch_embed_sites(model.patch_embed, join(name, "patch_embed"), make)
+    # PSAQ-ViT quantizes norm(x)[:, 0], the pooled token the head reads: the head's input
+    heads = ["head", "head_dist"] if isinstance(model, VisionTransformerDistilled) else ["head"]
+    for head in heads:
+        quantize_input(getattr(model, head), make(join(name, head, "input")))
+        quantize_output(getattr(model, head), make(join(name, head, "out")))
+    ref = RefVisionTransformerDistilled if isinstance(model, VisionTransformerDistilled) else RefVisionTransformer
+    swap_class(model, ref, embed_quant=make(join(name, "embed")), pos_quant=make(join(name, "pos_embed")),
+               sum_quant=make(join(name, "pos_sum")))
+
+
+# ---- timm Swin -----------------------------------------------------------------------------
+class RefSwinBlock(SwinTransformerBlock):
+    """timm ``SwinTransformerBlock`` with both residual sums quantized."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = self.res1(x + self.drop_path1(self._attn(self.norm1(x))))
+        x = x.reshape(B, -1, C)
+        x = self.res2(x + self.drop_path2(self.mlp(self.norm2(x))))
+        return x.reshape(B, H, W, C)
+
+
+@register_block_sites(SwinTransformerBlock)
+def _swin_block(block: SwinTransformerBlock, name: str, make: MakeQuantizer) -> None:
+    quantize_output(block.norm1, make(join(name, "norm1.out")))
+    attention_sites(block.attn, join(name, "attn"), make)
+    quantize_output(block.norm2, make(join(name, "norm2.out")))
+    mlp_sites(block.mlp.act, block.mlp.fc2, join(name, "mlp"), make)
+    swap_class(block, RefSwinBlock, res1=make(join(name, "res1")), res2=make(join(name, "res2")))
+
+
+@register_block_sites(PatchMerging)
+def _swin_merging(merging: PatchMerging, name: str, make: MakeQuantizer) -> None:
+    patch_merging_sites(merging, name, make)
+
+
+@register_model_sites(SwinTransformer)
+def _swin(model: SwinTransformer, name: str, make: MakeQuantizer) -> None:
+    if getattr(model, "absolute_pos_embed", None) is not None:
+        raise ValueError("the reference layout has no site for Swin's absolute position embedding: "
+                         "use layout=inputs for this model")
+    patch_embed_sites(model.patch_embed, join(name, "patch_embed"), make)
+    quantize_output(model.norm, make(join(name, "norm.out")))
+    quantize_input(model.head.fc, make(join(name, "head.fc.input")))  # the pooled features
+    quantize_output(model.head.fc, make(join(name, "head.fc.out")))
