@@ -36,10 +36,13 @@ class Cell:
     method_options: dict[str, Any] = field(default_factory=dict)
     quant_options: dict[str, Any] = field(default_factory=dict)  # QuantConfig fields: observers, softmax_quant, ...
     task_options: dict[str, Any] = field(default_factory=dict)  # task adapter options (mm: quant_neck)
+    weights: str | None = None  # sha256 prefix of a --checkpoint; None: the model's own published weights
 
     def __post_init__(self) -> None:
         check_bits(self.w_bits)
         check_bits(self.a_bits)
+        if self.n_eval is not None and (not isinstance(self.n_eval, int) or self.n_eval < 1):
+            raise ValueError(f"n_eval {self.n_eval!r} is not a positive number of images: pass --n-eval 1 or more")
         unknown = set(self.quant_options) - QUANT_OPTIONS
         if unknown:
             raise ValueError(f"unknown quantizer options {sorted(unknown)}: use {', '.join(sorted(QUANT_OPTIONS))}")
@@ -52,10 +55,12 @@ class Cell:
 
     def config(self) -> dict[str, Any]:
         """The configuration the key hashes. Fields added after cells were stored are left out at
-        the value those cells had, so their keys hold: empty task options, the inputs layout."""
+        the value those cells had, so their keys hold: empty task options, default weights, the
+        inputs layout."""
         config = asdict(self)
-        if not config["task_options"]:
-            del config["task_options"]
+        for name in ("task_options", "weights"):
+            if not config[name]:
+                del config[name]
         if config["quant_options"]["layout"] == "inputs":
             del config["quant_options"]["layout"]
         return config

@@ -9,62 +9,121 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import pandas as pd
+import torch
 
 from benchmarks import leaderboard, published, suites
 from benchmarks.cell import Cell
 from benchmarks.runner import RunOptions, init_distributed, run_cells
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
-from clamp.registry import available_methods, get_method
+from clamp.cache import cache_dir
+from clamp.registry import available_methods, make_method
 from tasks import TASKS, make_task
 
 
 def _keyvalue(value: str) -> tuple[str, object]:
-    key, _, raw = value.partition("=")
+    """KEY=VALUE with a JSON value (a bare word is a string); a missing '=' is an error."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE")
     try:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
 
 
-def _validate(cells: list[Cell], options: RunOptions) -> None:
-    """Fail before any work on what would fail every cell: unknown models, methods, data paths."""
-    for method in sorted({c.method for c in cells}):
-        get_method(method)
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {device} is not available here: use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device type {dev.type!r} is not supported: use cpu or cuda")
+
+
+def _check_writable(root: Path) -> None:
+    """The results folder takes a new file (and has room for one), before anything is computed."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write results to {root} ({err.strerror}): pass a writable --results-dir") from None
+
+
+def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> None:
+    """Fail before any work, with one line, on what would fail every cell: unknown or misconfigured
+    methods, unknown models, unreadable data or weights, a bad device, a read-only results folder."""
+    _check_device(options.device)
+    _check_writable(store.root)
+    for method, opts in {(c.method, json.dumps(c.method_options, sort_keys=True)) for c in cells}:
+        make_method(method, **json.loads(opts))
     for cell in {(c.task, c.model, c.n_eval, json.dumps(c.task_options, sort_keys=True)): c for c in cells}.values():
-        make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
-                  n_eval=cell.n_eval, **cell.task_options)
+        task = make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
+                         n_eval=cell.n_eval, **cell.task_options)
+        task.check_data()
+        task.build_model()  # weights present and loadable
 
 
-def _run(cells: list[Cell], args: argparse.Namespace) -> list[dict]:
+def _store(args: argparse.Namespace, personal: bool) -> ResultStore:
+    """--results-dir, else $CLAMP_RESULTS, else results/ for suites and the leaderboard and a
+    personal folder for single runs and comparisons (so they never touch the committed rows)."""
+    if args.results_dir:
+        return ResultStore(args.results_dir)
+    if personal and not os.environ.get("CLAMP_RESULTS"):
+        return ResultStore(cache_dir("results"))
+    return ResultStore()
+
+
+def _with_weights(cells: list[Cell], checkpoint: str | None) -> list[Cell]:
+    """Cells computed on a --checkpoint carry its fingerprint: other weights, another cell."""
+    if not checkpoint:
+        return cells
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: pass an existing file")
+    with open(checkpoint, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    return [dataclasses.replace(c, weights=digest) for c in cells]
+
+
+def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: set[str] | None = None) -> list[dict]:
     options = RunOptions(device=args.device, data_root=args.data_root, checkpoint=args.checkpoint, force=args.force)
-    _validate(cells, options)
-    store = ResultStore()
+    _validate(cells, options, store)
     executor = make_executor(args.executor, partition=args.partition, gpus=args.gpus, timeout_min=args.timeout_min)
-    records = run_cells(cells, options, store, executor)
+    records = run_cells(cells, options, store, executor, only)
     for task in sorted({c.task for c in cells}):
         print(f"wrote {leaderboard.write_csv(store, task)}")
     for r in records:
-        if r["status"] != "ok":
+        if r and r["status"] != "ok":
             cfg = r["config"]
-            print(f"failed: {cfg['model']} {cfg['method']} W{cfg['w_bits']}A{cfg['a_bits']}: {r['error']}",
+            print(f"failed: {cfg['model']} {cfg['method']} W{cfg['w_bits']}A{cfg['a_bits']}: {r['error']} "
+                  f"(attempt kept in {store.root / 'cells' / cfg['task'] / (r['key'] + '.failed.json')})",
                   file=sys.stderr)
     return records
 
 
 def compare(args: argparse.Namespace) -> None:
-    """Run ``args.method`` on the cells of a suite and print its delta against the suite's methods."""
+    """Run ``args.method`` on the cells of a suite and print its delta against the suite's methods
+    (read from the committed leaderboard, or $CLAMP_RESULTS)."""
     suite_cells = suites.expand(suites.load_suite(args.suite))
     options = dict(args.option)
     mine = list({c.key: c for c in (dataclasses.replace(c, method=args.method, method_options=options)
                                     for c in suite_cells)}.values())
-    records = [r for r in _run(mine, args) if r["status"] == "ok"]
+    records = [r for r in _run(mine, args, _store(args, personal=True)) if r and r["status"] == "ok"]
     theirs = [r for r in (ResultStore().load(c) for c in suite_cells) if r and r["status"] == "ok"]
     if not theirs:
         print(f"no leaderboard cells of suite {args.suite} yet: run `clamp-bench suite {args.suite}` first")
@@ -84,7 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--data-root", help="dataset folder: ImageNet (train/, val/), COCO (val2017/, annotations/) "
                                             "or ADE20K (ADEChallengeData2016)")
     common.add_argument("--checkpoint", help="weights file for the model instead of the local HF / torch hub cache")
-    common.add_argument("--force", action="store_true", help="recompute cells that are already stored")
+    common.add_argument("--force", action="store_true",
+                        help="recompute cells that are already stored (a failed recompute keeps the stored record)")
+    common.add_argument("--results-dir", help="where records and CSVs go (default: $CLAMP_RESULTS, else results/ "
+                                              "for suites and a personal cache folder for run and compare)")
     common.add_argument("--executor", default="none", choices=EXECUTORS,
                         help="none: run here; slurm: one submitit job per cell")
     common.add_argument("--partition", help="SLURM partition")
@@ -109,13 +171,16 @@ def main(argv: list[str] | None = None) -> None:
 
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
+    suite.add_argument("--stale", action="store_true",
+                       help="recompute exactly the cells whose records older code (or a dirty tree) computed")
 
     cmp = sub.add_parser("compare", parents=[common], help="run a method on a suite's cells, print its deltas")
     cmp.add_argument("--method", required=True)
     cmp.add_argument("--suite", required=True)
     cmp.add_argument("--option", **option, help="option of the compared method, repeatable")
 
-    sub.add_parser("leaderboard", help="rebuild results/<task>.csv, summaries, tables, plots, published report")
+    board = sub.add_parser("leaderboard", help="rebuild results/<task>.csv, summaries, tables, plots, published report")
+    board.add_argument("--results-dir", help="the results folder (default: $CLAMP_RESULTS, else results/)")
     sub.add_parser("list", help="list tasks, methods and suites")
 
     args = parser.parse_args(argv)
@@ -127,17 +192,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "run":
             cells = [Cell(args.task, args.model, args.method, args.w_bits, args.a_bits, args.seed, args.mixed,
                           args.n_eval, dict(args.option), dict(args.quant_option), dict(args.task_option))]
-            sys.exit(0 if all(r["status"] == "ok" for r in _run(cells, args)) else 1)
+            records = _run(_with_weights(cells, args.checkpoint), args, _store(args, personal=True))
+            sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "suite":
-            records = _run(suites.expand(suites.load_suite(args.name)), args)
-            sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+            cells = _with_weights(suites.expand(suites.load_suite(args.name)), args.checkpoint)
+            store = _store(args, personal=False)
+            only = {r["key"] for r in map(store.load, cells) if r and leaderboard.is_stale(r)} if args.stale else None
+            records = _run(cells, args, store, only)
+            sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "compare":
             compare(args)
         if args.command == "leaderboard":
-            store = ResultStore()
+            store = _store(args, personal=False)
             for task in TASKS:
                 print(f"wrote {leaderboard.write_csv(store, task)}")
             print(f"wrote {published.write_report(store)}")
+            for bad in store.bad:
+                print(f"skipped unreadable record {bad}", file=sys.stderr)
         if args.command == "list":
             print("tasks:   " + ", ".join(TASKS))
             print("methods: " + ", ".join(available_methods()))

@@ -1,19 +1,23 @@
 """The leaderboard: stored cells -> one CSV per task (one row per cell), a summary over seeds,
 a markdown table and a plot of the metric against the compression ratio. Built with pandas; the
-same cells always give the same bytes."""
+same cells always give the same bytes. Records from a dirty work tree never become rows; rows
+whose code (clamp/, baselines/, tasks/) differs from the checkout's are marked ``stale``."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
+from benchmarks.provenance import code_fingerprint, is_dirty, record_fingerprint
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write, atomic_write_text
 
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "metric", "fp_value",
            "quant_value", "delta", "quant_metrics", "seed",
-           "calibration", "n_calib", "n_eval", "wall_s", "device", "versions", "timestamp", "config_key", "config"]
+           "calibration", "n_calib", "n_eval", "wall_s", "device", "versions", "stale", "timestamp", "config_key",
+           "config"]
 SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "layout", "method", "precision", "config", "metric"]
 
@@ -38,7 +42,8 @@ def row(record: dict) -> dict:
         "quant_metrics": ";".join(f"{k}={v:.3f}" for k, v in sorted(record["quant"].items()) if k != "n_eval"),
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "wall_s": record["wall_s"], "device": record["device"],
-        "versions": record["versions"], "timestamp": record["timestamp"], "config_key": record["key"],
+        "versions": record["versions"], "stale": is_stale(record), "timestamp": record["timestamp"],
+        "config_key": record["key"],
         "config": _config_text(cfg),
     }
 
@@ -51,8 +56,14 @@ def _config_text(cfg: dict) -> str:
     return ";".join(parts)
 
 
+def is_stale(record: dict) -> bool:
+    """Computed by other code than this checkout's (or by uncommitted code)."""
+    current = code_fingerprint()
+    return is_dirty(record) or current is None or record_fingerprint(record) != current
+
+
 def table(store: ResultStore, task: str) -> pd.DataFrame:
-    rows = [row(r) for r in store.records(task) if r["status"] == "ok"]
+    rows = [row(r) for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.sort_values(SORT, kind="stable").reset_index(drop=True)
 
@@ -116,7 +127,15 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
 
 
 def write_csv(store: ResultStore, task: str) -> Path:
-    """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png."""
+    """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png, under a
+    lock so that concurrent runs never interleave their rebuilds."""
+    lock = store.root / "locks" / "leaderboard.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock):
+        return _write_csv(store, task)
+
+
+def _write_csv(store: ResultStore, task: str) -> Path:
     frame = table(store, task)
     path = store.root / f"{task}.csv"
     atomic_write_text(path, frame.to_csv(index=False))

@@ -1,7 +1,9 @@
-"""Where a number came from: library versions, project commit, device."""
+"""Where a number came from: library versions, project commit, the code that computed it, device."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -9,17 +11,43 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+CODE = ("clamp", "baselines", "tasks")  # the packages that compute a cell's numbers
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
 
 @cache
 def commit() -> str:
-    """The project's git commit, with '+dirty' when the work tree has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-    sha = git("rev-parse", "--short=12", "HEAD")
+    """The project's git commit, with '+dirty' when tracked files other than results/ (which the
+    harness itself rewrites) have uncommitted changes."""
+    sha = _git("rev-parse", "--short=12", "HEAD")
     if not sha:
         return "unknown"
-    return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return sha + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
+
+
+@cache
+def code_fingerprint(rev: str = "HEAD") -> str | None:
+    """A hash of the git trees of clamp/, baselines/ and tasks/ at ``rev``: equal fingerprints,
+    equal code. None when ``rev`` is unknown here (or this is no git checkout)."""
+    trees = _git("rev-parse", *(f"{rev}:{path}" for path in CODE)).split()
+    if len(trees) != len(CODE):
+        return None
+    return hashlib.sha256(" ".join(trees).encode()).hexdigest()[:12]
+
+
+def record_fingerprint(record: dict) -> str | None:
+    """The code fingerprint a record was computed with: stored, or derived from its commit."""
+    if record.get("code"):
+        return record["code"]
+    match = re.search(r"commit=([0-9a-f]+)(\+dirty)?$", record.get("versions", ""))
+    return code_fingerprint(match[1]) if match and not match[2] else None
+
+
+def is_dirty(record: dict) -> bool:
+    return "+dirty" in record.get("versions", "")
 
 
 def versions() -> str:

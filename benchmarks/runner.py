@@ -5,6 +5,7 @@ run loses at most the cell in flight, because every record is written atomically
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -20,10 +21,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from benchmarks.cell import Cell
-from benchmarks.provenance import device_name, versions
+from benchmarks.provenance import code_fingerprint, commit, device_name, versions
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write_text, cache_dir, config_key
-from clamp.quant import compression_report
+from clamp.quant import compression_report, quant_state
 from clamp.registry import make_method
 from tasks import make_task
 
@@ -69,7 +70,8 @@ def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
 
 
 def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
-    """Compute one cell and return its record (not stored)."""
+    """Compute one cell and return its record (not stored; ``quant_state`` holds tensors, which the
+    store writes to a safetensors file beside the record)."""
     device = options.torch_device
     task = make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
                      device=device, n_eval=cell.n_eval, **cell.task_options)
@@ -82,11 +84,12 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
     quant_s = time.time() - start
     quant = task.evaluate(qmodel)
     return {
-        "status": "ok", "metric": task.metric, "fp": fp, "quant": quant,
-        "compression": compression_report(qmodel), "report": report,
+        "status": "ok", "metric": task.metric, "fp": fp, "quant": quant, "weights_id": task.weights_id,
+        "code": None if commit().endswith("+dirty") else code_fingerprint(),
+        "compression": compression_report(qmodel), "report": report, "quant_state": quant_state(qmodel),
         "quant_s": round(quant_s, 2), "wall_s": round(time.time() - start, 2),
         "device": device_name(device), "versions": versions(),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -98,11 +101,22 @@ def _cell_log(cell: Cell) -> logging.Handler:
     return handler
 
 
-def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, Any]:
-    """Compute and store one cell; a failure is stored as a failed record. Runs in this process
-    or in a submitit job (SLURM, or submitit's local executor): the same code either way."""
+def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, Any] | None:
+    """Compute and store one cell under its lock; a failure is stored beside the good record,
+    never over it. A cell another process is computing is waited for, and one finished meanwhile
+    is not redone (unless forced). Runs in this process or in a submitit job: the same code."""
     store = ResultStore(store_root)
     name = f"{cell.task} {cell.model} {cell.method} {cell.precision} seed={cell.seed}"
+    if dist.is_initialized():  # every rank computes (evaluation is sharded), rank 0 stores
+        return _compute_and_store(cell, options, store, name)
+    with store.lock(cell):
+        if store.done(cell) and not options.force:
+            log.info("%s: finished by another process", name)
+            return store.load(cell)
+        return _compute_and_store(cell, options, store, name)
+
+
+def _compute_and_store(cell: Cell, options: RunOptions, store: ResultStore, name: str) -> dict[str, Any]:
     handler = _cell_log(cell)
     log.addHandler(handler)
     log.info("%s: running (%s)", name, cell.key)
@@ -118,26 +132,33 @@ def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, 
     finally:
         log.removeHandler(handler)
         handler.close()
-    if not dist.is_initialized() or dist.get_rank() == 0:  # under torchrun every rank computed it
-        store.save(cell, record)
+    stored = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        stored = store.read(store.save(cell, record), cell.key)
     if dist.is_initialized():
         dist.barrier()
-    return store.load(cell)
+    plain = {k: v for k, v in record.items() if k != "quant_state"}  # tensors stay out of returned records
+    return stored or {"key": cell.key, "config": cell.config(), **plain}
 
 
 def run_cells(cells: Iterable[Cell], options: RunOptions, store: ResultStore | None = None,
-              executor: Any = None) -> list[dict[str, Any]]:
-    """Run every cell not yet stored as finished, here or through a submitit ``executor``;
-    return the records of all of them, in order."""
+              executor: Any = None, only: set[str] | None = None) -> list[dict[str, Any]]:
+    """Run every cell not yet stored as finished (or in ``only``, keys to recompute), here or
+    through a submitit ``executor``; return the latest record of each cell, in order: the new
+    one when it ran (a failed attempt included), else the stored one."""
     store = store or ResultStore()
     cells = list(cells)
-    todo = list({c.key: c for c in cells if options.force or not store.done(c)}.values())
+    redo = (lambda c: True) if options.force else (lambda c: c.key in only) if only is not None else (lambda c: False)
+    todo = list({c.key: c for c in cells if redo(c) or not store.done(c)}.values())
     log.info("%d cells, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    # a cell to recompute is forced; any other is skipped if another process finished it meanwhile
+    per_cell = [dataclasses.replace(options, force=redo(c)) for c in todo]
+    latest: dict[str, dict[str, Any] | None] = {}
     if executor is None:
-        for cell in tqdm(todo, desc="cells", unit="cell", disable=None):
-            execute_cell(cell, options, str(store.root))
+        for cell, opts in tqdm(list(zip(todo, per_cell, strict=True)), desc="cells", unit="cell", disable=None):
+            latest[cell.key] = execute_cell(cell, opts, str(store.root))
     elif todo:
-        jobs = executor.map_array(execute_cell, todo, [options] * len(todo), [str(store.root)] * len(todo))
-        for job in jobs:
-            job.result()
-    return [store.load(c) for c in cells]
+        jobs = executor.map_array(execute_cell, todo, per_cell, [str(store.root)] * len(todo))
+        for cell, job in zip(todo, jobs, strict=True):
+            latest[cell.key] = job.result()
+    return [latest.get(c.key) or store.load(c) for c in cells]

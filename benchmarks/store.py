@@ -1,55 +1,111 @@
-"""The result store: one JSON file per cell under results/cells/<task>/<key>.json, written atomically."""
+"""The result store: one JSON file per cell under <root>/cells/<task>/<key>.json, written atomically.
+
+Only a successful computation writes ``<key>.json``; a failed attempt goes to
+``<key>.failed.json`` beside it, so a good record is never replaced by an error. A per-cell
+lock (filelock) keeps two processes on one folder from computing the same cell at once.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cell import Cell
-from clamp.cache import atomic_write_text
+from filelock import FileLock
+from safetensors.torch import save_file
 
-RESULTS = Path(os.environ.get("CLAMP_RESULTS", Path(__file__).resolve().parent.parent / "results"))
+from benchmarks.cell import Cell
+from clamp.cache import atomic_write, atomic_write_text
+
+log = logging.getLogger("clamp-bench")
+REPO_RESULTS = Path(__file__).resolve().parent.parent / "results"
+FAILED = ".failed.json"
+
+
+def default_root() -> Path:
+    """``$CLAMP_RESULTS`` when set, else the committed leaderboard folder results/."""
+    return Path(os.environ.get("CLAMP_RESULTS") or REPO_RESULTS)
 
 
 class ResultStore:
     """Stored cells; a file that does not parse or does not match its key counts as absent."""
 
-    def __init__(self, root: Path | str = RESULTS) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.bad: list[str] = []  # files that ``records`` could not use, with why
 
     def path(self, cell: Cell) -> Path:
         return self.root / "cells" / cell.task / f"{cell.key}.json"
 
+    def failed_path(self, cell: Cell) -> Path:
+        return self.path(cell).with_name(cell.key + FAILED)
+
+    def lock(self, cell: Cell) -> FileLock:
+        """Held while a process computes ``cell``; lock files live under <root>/locks, untracked."""
+        path = self.root / "locks" / f"{cell.key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(path)
+
     def load(self, cell: Cell) -> dict[str, Any] | None:
-        return self._read(self.path(cell), cell.key)
+        """The good record of ``cell``, else its last failed attempt, else None."""
+        return self.read(self.path(cell), cell.key) or self.read(self.failed_path(cell), cell.key)
 
     def done(self, cell: Cell) -> bool:
-        record = self.load(cell)
+        record = self.read(self.path(cell), cell.key)
         return record is not None and record["status"] == "ok"
 
     def save(self, cell: Cell, record: dict[str, Any]) -> Path:
+        """A good record replaces the cell's file (and clears a failed attempt); a failed one
+        is written beside it."""
         record = {"key": cell.key, "config": cell.config(), **record}
-        atomic_write_text(self.path(cell), json.dumps(record, indent=1, sort_keys=True) + "\n")
-        return self.path(cell)
+        state = record.pop("quant_state", None)
+        if state and record["status"] == "ok":  # bits, scales, zero points: <key>.quant.safetensors
+            state_path = self.path(cell).with_name(f"{cell.key}.quant.safetensors")
+            atomic_write(state_path, lambda tmp: save_file(state, tmp))
+            record["quant_state"] = state_path.name
+        path = self.path(cell) if record["status"] == "ok" else self.failed_path(cell)
+        atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        if record["status"] == "ok":
+            self.failed_path(cell).unlink(missing_ok=True)
+        return path
 
     def records(self, task: str) -> Iterator[dict[str, Any]]:
+        """Good records of ``task``; unreadable ones are named in ``bad``, not skipped silently."""
         for path in sorted((self.root / "cells" / task).glob("*.json")):
-            record = self._read(path, path.stem)
-            if record is not None:
-                yield record
+            if path.name.endswith(FAILED):
+                continue
+            try:
+                record = self._parse(path, path.stem)
+            except ValueError as err:
+                self.bad.append(f"{path}: {err}")
+                log.warning("skipping %s: %s", path, err)
+                continue
+            yield record
 
-    @staticmethod
-    def _read(path: Path, key: str) -> dict[str, Any] | None:
+    def read(self, path: Path, key: str) -> dict[str, Any] | None:
+        """The record in ``path`` if it is a valid record of ``key``, else None."""
         try:
-            record = json.loads(path.read_text())
+            return self._parse(path, key)
         except FileNotFoundError:
             return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except ValueError:
             return None
+
+    @staticmethod
+    def _parse(path: Path, key: str) -> dict[str, Any]:
+        """The record in ``path``; ValueError saying what is wrong with it."""
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"not a JSON record (truncated?): {err}") from err
         if not isinstance(record, dict) or record.get("key") != key or "status" not in record:
-            return None
-        if Cell.from_config(record["config"]).key != key:
-            return None
+            raise ValueError("not a record of this key")
+        try:
+            if Cell.from_config(record["config"]).key != key:
+                raise ValueError("its config does not hash to its key")
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"invalid config: {err}") from err
         return record
+

@@ -7,10 +7,9 @@ A suite has a ``task`` and one or more ``[[group]]`` tables; each group is the p
 from __future__ import annotations
 
 import itertools
+import tomllib
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from benchmarks.cell import Cell, parse_precision
 
@@ -34,8 +33,13 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
         return tomllib.load(f)
 
 
+LIST_KEYS = ("models", "methods", "precisions", "seeds")
+
+
 def expand(suite: dict[str, Any]) -> list[Cell]:
-    """All cells of a suite, in file order, without duplicates."""
+    """All cells of a suite, in file order, without duplicates; a malformed suite is one line."""
+    if "task" not in suite:
+        raise ValueError('the suite has no `task`: add task = "classification", "detection" or "segmentation"')
     defaults = {k: v for k, v in suite.items() if k in GROUP_KEYS}
     groups = suite.get("group") or [{}]
     cells: dict[str, Cell] = {}
@@ -44,6 +48,11 @@ def expand(suite: dict[str, Any]) -> list[Cell]:
         if unknown:
             raise ValueError(f"unknown suite keys {sorted(unknown)}: use {', '.join(sorted(GROUP_KEYS))}")
         g = {**defaults, **group}
+        for key in LIST_KEYS:
+            if key not in g and key != "seeds":
+                raise ValueError(f"a suite group has no `{key}`: give a list, e.g. {key} = [...]")
+            if not isinstance(g.get(key, []), list):
+                raise ValueError(f"suite key `{key}` must be a list, e.g. {key} = [{g[key]!r}], not {g[key]!r}")
         for model, method, precision, seed in itertools.product(
                 g["models"], g["methods"], g["precisions"], g.get("seeds", [0])):
             w_bits, a_bits, mixed = parse_precision(precision)

@@ -1,23 +1,23 @@
 """CLAMP-ViT (ECCV 2024): contrastive data-free learning for adaptive post-training quantization.
 
 Stage 1 generates synthetic images with a patch-level contrastive loss on every block's MHSA
-output. Stage 2 starts from min-max calibration on them and searches, block by block, the
-quantization parameters (scale multipliers; bit-widths too in mixed precision) with an
-evolutionary algorithm whose fitness is a local patch-contrastive loss on the block output plus
-an output loss. Cyclic adaptation: P passes over the blocks with C cycles each; every C/2 cycles
-the images are refined toward FP/quantized disagreement.
+output. Stage 2 starts from min-max calibration on them and searches, block by block (last to
+first, as Evol-Q), the block's quantization parameters with Evol-Q's evolutionary algorithm
+(clamp/search/evolution.py: per-output-channel weight scales; bit-widths too in mixed precision)
+whose fitness is a local patch-contrastive loss on the block output plus an output loss.
+Cyclic adaptation: P passes over the blocks with C cycles each; every C/2 cycles the images are
+refined toward FP/quantized disagreement, with the labels and TV target of stage 1.
 
 Choices the paper does not pin down are options (defaults in ../shared/DESIGN.md section 5):
 the generation schedule (``rounds``) and TV prior follow PSAQ-ViT (|TV(x) - v| with a target
-scaled to the input); the refinement runs ``refine_steps`` Adam steps at ``refine_lr``; quantizers
-outside the blocks (patch embedding, Swin patch merging, head) are searched with the next block
-(the last block for the head); a mutated child replaces the worst candidate only when it is better.
-Ablations: ``data`` (contrastive / psaq / gaussian), ``search``, ``adaptation``, ``local_loss``,
-``output_loss``.
+scaled to the input); the refinement runs ``refine_steps`` Adam steps at ``refine_lr``;
+quantizers outside the blocks (patch embedding, Swin patch merging, head) are searched with the
+next block (the last block for the head); ``act_genes`` adds the block's activation scales as
+multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last. Ablations: ``data``
+(contrastive / psaq / gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,16 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from clamp.cache import cached_images
-from clamp.generate.contrastive import local_contrastive_loss, patch_contrastive_loss
+from clamp.generate.contrastive import NEGATIVES, local_contrastive_loss, patch_contrastive_loss
 from clamp.generate.features import MHSACapture, patch_tokens, transformer_blocks
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
-from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, quantize_model, quantizers
+from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, is_weight, quantize_model, quantizers
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from clamp.search.mixed import BitBudget
 from clamp.task import Task
 
 DATA_SOURCES = ("contrastive", "psaq", "gaussian")
+BLOCK_ORDERS = ("last_first", "first_last")
 
 
 def block_groups(net: nn.Module) -> list[tuple[nn.Module, list[Quantizer]]]:
@@ -82,6 +83,7 @@ class ClampViT:
     lr: float = 0.2
     tau: float = 0.1
     top_k: int = 4
+    negatives: str = "neighbourhood"
     ce_weight: float = 1.0
     tv_weight: float = 0.05
     tv_target: tuple[float, float] = (2500.0, 3000.0)
@@ -98,7 +100,9 @@ class ClampViT:
     refine_steps: int = 5
     refine_lr: float = 0.05
     adv_weight: float = 1.0
-    bit_choices: tuple[int, ...] = (4, 6, 8)
+    act_genes: bool = False
+    block_order: str = "last_first"
+    bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     budget_penalty: float = 100.0
 
     name = "clamp-vit"
@@ -109,6 +113,10 @@ class ClampViT:
             raise ValueError(f"unknown data source {self.data!r}: choose one of {', '.join(DATA_SOURCES)}")
         if self.search and self.cycles < 2:
             raise ValueError("cycles must be at least 2 (adaptation runs every cycles/2)")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"unknown negatives {self.negatives!r}: use {' or '.join(NEGATIVES)}")
+        if self.block_order not in BLOCK_ORDERS:
+            raise ValueError(f"unknown block_order {self.block_order!r}: use {' or '.join(BLOCK_ORDERS)}")
 
     # ---- stage 1 -------------------------------------------------------------------------
     def data_loss(self, task: Task, net: nn.Module, capture: MHSACapture, labels: torch.Tensor | None,
@@ -121,7 +129,8 @@ class ClampViT:
             out = net(x)
             loss = tv(x, tv_goal)
             if self.data == "contrastive":
-                loss = loss + sum(patch_contrastive_loss(o.grid, self.tau, self.top_k) for o in capture.outputs)
+                loss = loss + sum(patch_contrastive_loss(o.grid, self.tau, self.top_k, negatives=self.negatives)
+                                  for o in capture.outputs)
             elif self.data == "psaq":
                 loss = loss - patch_similarity_entropy(capture.outputs)
             if labels is not None:
@@ -150,9 +159,12 @@ class ClampViT:
             loss_fn = self.data_loss(task, net, capture, labels, tv_goal)
             return optimise_images(x, lambda v: loss_fn(v)[0], spec, config, seed, f"{self.name} stage 1")
 
-    def refine(self, task: Task, net: nn.Module, qnet: nn.Module, images: torch.Tensor, seed: int) -> torch.Tensor:
-        """Cyclic adaptation: a few generation steps with an extra term maximising L_O(FP, quantized)."""
-        labels, tv_goal = self._prior_inputs(task, seed)
+    def refine(self, task: Task, net: nn.Module, qnet: nn.Module, images: torch.Tensor,
+               prior: tuple[torch.Tensor | None, float], seed: int) -> torch.Tensor:
+        """Cyclic adaptation: a few steps of the stage-1 loss with stage 1's labels and TV target
+        (``prior``, from ``_prior_inputs`` at the cell's seed), plus a term maximising
+        L_O(FP, quantized). ``seed`` only moves the jitter and flips of these steps."""
+        labels, tv_goal = prior
         config = GenerationConfig(batch=self.n, rounds=((self.refine_steps, self.rounds[-1][1]),), lr=self.refine_lr,
                                   warmup=0, scale_jitter=self.scale_to_input)
         with MHSACapture(net) as capture:
@@ -167,8 +179,8 @@ class ClampViT:
     def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
         net = task.backbone(model)
         gen_options = {k: v for k, v in asdict(self).items()
-                       if k in ("n", "data", "rounds", "lr", "tau", "top_k", "ce_weight", "tv_weight", "tv_target",
-                                "scale_to_input")}
+                       if k in ("n", "data", "rounds", "lr", "tau", "top_k", "negatives", "ce_weight", "tv_weight",
+                                "tv_target", "scale_to_input")}
         key = {"method": self.name, "stage": 1, "options": gen_options, "model": task.model_id,
                "weights": task.weights_id, "seed": seed}
         images, path = cached_images(key, lambda: self.generate(task, net, seed), task.input_spec)
@@ -180,7 +192,8 @@ class ClampViT:
             report.update(search_report)
         report["image_stats"] = image_stats(images, task.input_spec)
         comp = compression_report(qnet)
-        report["bits"] = f"W{comp['mean_w_bits']:.1f}/A{comp['mean_a_bits']:.1f}"
+        # plain means over layers, the way the paper writes W4.9/A6.2 (weighted means are in the row)
+        report["bits"] = f"W{comp['mean_w_bits_plain']:.1f}/A{comp['mean_a_bits']:.1f}"
         return task.replace_backbone(model, qnet), report
 
 
@@ -191,17 +204,16 @@ class Search:
                  mixed: bool, seed: int) -> None:
         self.m, self.task, self.net, self.qnet, self.images, self.mixed = method, task, net, qnet, images, mixed
         self.seed = seed
+        self.prior = method._prior_inputs(task, seed)  # stage 1's labels and TV target, reused by refine
         self.groups = block_groups(qnet)
         self.fp_blocks = [block for _, block in transformer_blocks(net)]
         self.q_blocks = [block for block, _ in self.groups]
         self.budget = BitBudget(qnet) if mixed else None
-        if mixed:  # start from an admissible plan on the allowed grid: each bit-width rounded down
-            choices = sorted(method.bit_choices)
-            for q in quantizers(qnet):
-                q.set_bits(max([c for c in choices if c <= q.bits], default=choices[0]))
         self.bits = {q.name: q.bits for q in quantizers(qnet)}
-        self.evo = Evolution(EvolutionConfig(method.population, method.tournament, bit_choices=method.bit_choices),
-                             random.Random(seed), mixed)
+        by_name = {q.name: q for q in quantizers(qnet)}
+        config = EvolutionConfig(method.population, method.tournament, bit_choices=tuple(method.bit_choices))
+        self.evo = Evolution(config, seed, mixed, rescale=lambda name, bits: by_name[name].scale_at(bits))
+        self.refine_steps = 0
         self.refresh_references()
 
     @torch.no_grad()
@@ -210,11 +222,22 @@ class Search:
             self.fp_out = self.net(self.images)
         self.fp_block_out = rec.outputs
 
+    def start(self, group: list[Quantizer]) -> Candidate:
+        """The group's current parameters as a candidate: weight scales, optional activation
+        multipliers, and (mixed precision) every quantizer's bits."""
+        weights = [q for q in group if is_weight(q)]
+        acts = [q for q in group if not is_weight(q)] if self.m.act_genes else []
+        return Candidate({q.name: q.scale.clone() for q in weights}, {q.name: q.mult for q in acts},
+                         {q.name: q.bits for q in group} if self.mixed else {})
+
     def apply(self, group: list[Quantizer], cand: Candidate) -> None:
         for q in group:
             if self.mixed and cand.bits[q.name] != q.bits:
                 q.set_bits(cand.bits[q.name])
-            q.set_mult(cand.mults[q.name])
+            if q.name in cand.scales:
+                q.set_scale(cand.scales[q.name])
+            if q.name in cand.mults:
+                q.set_mult(cand.mults[q.name])
 
     @torch.no_grad()
     def fitness(self, i: int, cand: Candidate) -> float:
@@ -231,36 +254,50 @@ class Search:
             f += self.m.budget_penalty * self.budget.violation(self.bits)
         return f
 
+    def rescore(self, i: int, population: list[Candidate]) -> None:
+        """Fitness of every distinct candidate on the refined data (copies share one evaluation)."""
+        seen: dict[int, float] = {}
+        for cand in population:
+            key = id(next(iter(cand.scales.values()), cand))
+            if key not in seen:
+                seen[key] = self.fitness(i, cand)
+            cand.fitness = seen[key]
+        population.sort(key=lambda c: c.fitness)
+
     def run(self) -> tuple[torch.Tensor, dict]:
         m = self.m
-        start_fitness, end_fitness = [], []
+        order = list(range(len(self.groups)))
+        if m.block_order == "last_first":
+            order.reverse()
+        start_fitness, end_fitness = {}, {}
         bits_of = self.bits.__getitem__
         for p in range(m.passes):
-            for i, (_, group) in enumerate(self.groups):
-                bits = {q.name: q.bits for q in group} if self.mixed else {}
-                start = Candidate({q.name: q.mult for q in group}, bits)
-                population = self.evo.initial(start, bits_of, lambda c, i=i: self.fitness(i, c))
+            for i in order:
+                group = self.groups[i][1]
+                population = self.evo.initial(self.start(group), lambda c, i=i: self.fitness(i, c))
                 if p == 0:
-                    start_fitness.append(round(population[0].fitness, 5))
+                    start_fitness[i] = round(population[0].fitness, 5)
                 for c in range(m.cycles):
                     self.evo.cycle(population, bits_of, lambda c, i=i: self.fitness(i, c))
                     if m.adaptation and (c + 1) % (m.cycles // 2) == 0:
                         self.apply(group, best(population))
-                        self.images = m.refine(self.task, self.net, self.qnet, self.images,
+                        self.images = m.refine(self.task, self.net, self.qnet, self.images, self.prior,
                                                self.seed + 7919 * (p * len(self.groups) + i + 1))
+                        self.refine_steps += m.refine_steps
                         self.refresh_references()
-                        for cand in population:
-                            cand.fitness = self.fitness(i, cand)
+                        self.rescore(i, population)
                 winner = best(population)
                 self.apply(group, winner)
                 if self.mixed:
                     self.bits.update(winner.bits)
                 if p == m.passes - 1:
-                    end_fitness.append(round(winner.fitness, 5))
-        # per block: fitness of the min-max start (first pass, stage-1 data) and of the final
-        # choice (last pass, on the data as adapted by then)
-        report = {"fitness_start": start_fitness, "fitness_end": end_fitness,
-                  "passes": m.passes, "cycles": m.cycles}
+                    end_fitness[i] = round(winner.fitness, 5)
+        # per block, in forward order: fitness of the min-max start (first pass, stage-1 data)
+        # and of the final choice (last pass, on the data as adapted by then)
+        report = {"fitness_start": [start_fitness[i] for i in sorted(start_fitness)],
+                  "fitness_end": [end_fitness[i] for i in sorted(end_fitness)],
+                  "passes": m.passes, "cycles": m.cycles, "refine_steps": self.refine_steps}
         if self.mixed:
-            report["compression_target"] = round(self.budget.target_ratio, 4)
+            report["size_target_mb"] = round(self.budget.target_size / 8 / 1e6, 6)
+            report["gbops_target"] = round(self.budget.target_bops / 1e9, 6)
         return self.images, report

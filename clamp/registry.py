@@ -2,6 +2,9 @@
 (group ``clamp_vit_bench.methods``), so a method in another package needs no edit to the harness."""
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -54,8 +57,31 @@ def get_method(name: str) -> type[Method]:
 
 
 def make_method(name: str, **options: Any) -> Method:
+    """Build method ``name``; unknown options and values of the wrong type are one-line errors."""
     cls = get_method(name)
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        for key, value in options.items():
+            if key in hints and not _fits(value, hints[key]):
+                raise ValueError(f"bad option {key}={value!r} for method {name!r}: expected {hints[key]}")
     try:
         return cls(**options)
     except TypeError as err:
         raise ValueError(f"bad options for method {name!r}: {err}") from None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON-decoded option value fits a field's annotation (int, float, bool, str,
+    tuples and lists of them, unions with None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True

@@ -53,6 +53,11 @@ class ClassificationTask:
         self.data_root = None if self.micro else self._imagenet_root(data_root)
         self._model: nn.Module | None = None
 
+    def check_data(self) -> None:
+        """Fail with one line if the evaluation or calibration data cannot be read."""
+        if self.micro:
+            fashion_mnist.check()
+
     @staticmethod
     def _imagenet_root(data_root: str | None) -> Path:
         root = data_root or os.environ.get(IMAGENET_ENV)

@@ -110,6 +110,9 @@ class MMTask:
             raise FileNotFoundError(f"checkpoint {path} does not exist: {hint}")
         return path
 
+    def check_data(self) -> None:
+        """Nothing more to check: the constructor found the data folder (or built the micro one)."""
+
     def _micro_data(self) -> Path:
         from tasks.micro.canvas import dataset_root
 

@@ -22,6 +22,15 @@ class AlwaysFails:
         raise RuntimeError("boom")
 
 
+@pytest.fixture(autouse=True)
+def clean_checkout(monkeypatch):
+    """Records made while a developer's tree has uncommitted changes are '+dirty' and never rows;
+    these tests are about the harness, so they run as from a clean commit."""
+    from benchmarks import provenance
+    monkeypatch.setattr(provenance, "commit", lambda: "0123456789ab")
+    monkeypatch.setattr(runner, "commit", lambda: "0123456789ab")
+
+
 @pytest.fixture
 def store(tmp_path):
     return ResultStore(tmp_path / "results")
@@ -40,17 +49,18 @@ def test_precision_parsing():
 
 def test_micro_classification_suite_expands_to_its_cells():
     cells = expand(load_suite("micro-classification"))
-    assert len(cells) == 12 and len({c.key for c in cells}) == 12
+    assert len(cells) == 16 and len({c.key for c in cells}) == 16
     assert {c.model for c in cells} == {"micro_deit_patch4_32", SWIN}
     assert {c.method for c in cells} == {"real", "gaussian"}
-    assert {(c.w_bits, c.a_bits) for c in cells} == {(8, 8), (4, 8), (4, 4)}
+    assert {(c.w_bits, c.a_bits) for c in cells} == {(8, 8), (6, 6), (4, 8), (4, 4)}
+    assert {c.quant_options["layout"] for c in cells} == {"reference"}
     assert all(c.n_eval == 10000 and c.seed == 0 and not c.mixed for c in cells)
     assert "micro-classification" in available_suites()
 
 
 def test_every_suite_expands_to_its_cells():
     baselines = expand(load_suite("micro-classification-baselines"))
-    assert len(baselines) == 2 * 3 + 2 * 3 * 3 * 3 + 3
+    assert len(baselines) == 2 * 4 + 2 * 3 * 4 * 3 + 3
     literal = [c for c in baselines if c.method_options]
     assert {c.method_options["scale_to_input"] for c in literal} == {False} and len(literal) == 3
     clamp = expand(load_suite("micro-classification-clamp"))
@@ -61,7 +71,7 @@ def test_every_suite_expands_to_its_cells():
     assert len(ablations) == 12 and all(c.model == "micro_deit_patch4_32" and c.precision in ("W4A8", "W4A4")
                                         for c in ablations)
     paper = expand(load_suite("paper-classification"))
-    assert len(paper) == 7 * 5 * 2 + 7
+    assert len(paper) == 7 * 5 * 4 + 7
     assert all(c.n_eval is None for c in paper)  # the whole ImageNet validation set
 
 
@@ -141,3 +151,150 @@ def test_published_report_joins_reproduced_rows(store):
     assert row["difference"] == pytest.approx(65.5 - 65.57)
     assert frame.loc[(model, "fp", "FP")]["reproduced"] == pytest.approx(72.1)
     assert pd.isna(frame.loc[("deit_small_patch16_224.fb_in1k", "psaq-vit", "W4A8")]["reproduced"])
+
+
+def test_failed_recompute_keeps_the_good_record_and_its_row(store, monkeypatch):
+    good = cell()
+    run_cells([good], RunOptions(device="cpu"), store)
+    leaderboard.write_csv(store, "classification")
+    record, csv = store.path(good).read_bytes(), (store.root / "classification.csv").read_bytes()
+
+    def boom(c, o):
+        raise RuntimeError("dataset vanished")
+    monkeypatch.setattr(runner, "run_cell", boom)
+    [latest] = run_cells([good], RunOptions(device="cpu", force=True), store)
+    leaderboard.write_csv(store, "classification")
+    assert latest["status"] == "failed" and "dataset vanished" in latest["error"]
+    assert store.path(good).read_bytes() == record
+    assert (store.root / "classification.csv").read_bytes() == csv
+    assert json.loads(store.failed_path(good).read_text())["status"] == "failed"
+    assert store.done(good)
+
+
+def test_records_are_world_readable_and_bad_ones_are_named(store):
+    good = cell()
+    run_cells([good], RunOptions(device="cpu"), store)
+    assert store.path(good).stat().st_mode & 0o777 == 0o644
+    torn = store.path(good).with_name("0123456789abcdef.json")
+    torn.write_text('{"key": "0123')
+    assert len(leaderboard.table(store, "classification")) == 1
+    assert any(str(torn) in bad and "truncated" in bad for bad in store.bad)
+
+
+def test_checkpoint_is_part_of_the_cell(tmp_path):
+    from benchmarks.cli import _with_weights
+    weights = tmp_path / "other.safetensors"
+    weights.write_bytes(b"other weights")
+    [other] = _with_weights([cell()], str(weights))
+    assert other.weights and other.key != cell().key and "weights" not in cell().config()
+
+
+def test_stale_rows_are_marked_and_dirty_ones_never_rows(store):
+    run_cells([cell()], RunOptions(device="cpu"), store)
+    record = json.loads(store.path(cell()).read_text())
+    assert not leaderboard.is_stale(record)
+    assert leaderboard.is_stale({**record, "code": "0" * 12})
+    dirty = {**record, "versions": record["versions"].split(" commit=")[0] + " commit=abc+dirty"}
+    store.path(cell()).write_text(json.dumps(dirty))
+    assert leaderboard.table(store, "classification").empty
+
+
+SUITE = """task = "classification"
+n_eval = 100
+[[group]]
+models = ["micro_swin_patch2_window4_32"]
+methods = ["gaussian"]
+precisions = ["W8A8"]
+seeds = [0, 1, 2, 3]
+"""
+
+
+def test_two_concurrent_suites_compute_each_cell_once(tmp_path):
+    import subprocess
+    import sys
+    suite = tmp_path / "four.toml"
+    suite.write_text(SUITE)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks", "suite", str(suite), "--results-dir", str(tmp_path / "r"),
+           "--device", "cpu"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum(o.count(": running (") for o in outputs) == 4
+    records = [json.loads(p.read_text()) for p in (tmp_path / "r" / "cells" / "classification").glob("*.json")]
+    rows = pd.read_csv(tmp_path / "r" / "classification.csv")
+    assert len(records) == 4  # rows: one per record, but none from a checkout with uncommitted changes
+    assert len(rows) == sum("+dirty" not in r["versions"] for r in records)
+
+
+RUN = ["run", "--model", SWIN, "--method", "gaussian", "--w-bits", "4", "--a-bits", "8", "--n-eval", "50"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--option", "bogus=1"], "bad options for method 'gaussian'"),
+    (["--option", "n=abc"], "bad option n='abc'"),
+    (["--n-eval", "0"], "not a positive number of images"),
+    (["--n-eval", "-5"], "not a positive number of images"),
+    (["--device", "nonsense"], "unknown device"),
+    (["--device", "cuda:7"], "not available here"),
+    (["--quant-option", "layout=upside-down"], "unknown layout"),
+    (["--quant-option", "symmetric=true"], "belong to layout=inputs"),
+    (["--checkpoint", "/nonexistent.safetensors"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
+    from benchmarks.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main([*RUN, *extra, "--results-dir", str(tmp_path / "r")])
+    text = str(exit_.value.code)
+    assert exit_.value.code != 0 and message in text and "\n" not in text
+    assert not list((tmp_path / "r").rglob("*.json"))
+
+
+def test_bare_option_and_unwritable_results_are_refused(tmp_path):
+    from benchmarks.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main([*RUN, "--option", "n", "--results-dir", str(tmp_path / "r")])
+    assert exit_.value.code == 2  # argparse: "'n' is not KEY=VALUE"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # no folder can be made under a file, not even by root
+    with pytest.raises(SystemExit, match="cannot write results"):
+        main([*RUN, "--results-dir", str(blocker / "results")])
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[group]]\nmodels = ["m"]\nmethods = ["real"]\nprecisions = ["W8A8"]\n', "has no `task`"),
+    ('task = "classification"\n[[group]]\nmethods = ["real"]\nprecisions = ["W8A8"]\n', "has no `models`"),
+    ('task = "classification"\n[[group]]\nmodels = ["m"]\nmethods = ["real"]\nprecisions = "W8A8"\n',
+     "must be a list"),
+])
+def test_malformed_suite_is_one_line(tmp_path, text, message):
+    from benchmarks.cli import main
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=message):
+        main(["suite", str(path), "--results-dir", str(tmp_path / "r")])
+
+
+def test_missing_dataset_stops_the_suite_before_its_first_cell(tmp_path, monkeypatch):
+    from benchmarks.cli import main
+    from tasks.micro import fashion_mnist
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", tmp_path / "nowhere")
+    monkeypatch.setenv("CLAMP_FASHION_MNIST", str(tmp_path / "nowhere"))
+    suite = tmp_path / "four.toml"
+    suite.write_text(SUITE)
+    with pytest.raises(SystemExit, match="Fashion-MNIST not found") as exit_:
+        main(["suite", str(suite), "--results-dir", str(tmp_path / "r")])
+    assert "\n" not in str(exit_.value.code)
+    assert not (tmp_path / "r" / "cells").exists()
+
+
+def test_truncated_dataset_file_is_one_line(tmp_path):
+    from tasks.micro import fashion_mnist
+    for split in fashion_mnist.FILES.values():
+        for name in split:
+            src = fashion_mnist._find(fashion_mnist.resolve_root(), name)
+            (tmp_path / src.name).write_bytes(src.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or not an IDX file") as err:
+        fashion_mnist.check(tmp_path)
+    assert "\n" not in str(err.value)

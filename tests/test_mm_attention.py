@@ -10,6 +10,7 @@ from mmseg.models.backbones.vit import VisionTransformer
 from clamp.generate.features import MHSACapture, is_windowed, patch_tokens, transformer_blocks
 from clamp.method import block_groups
 from clamp.quant import BitPlan, QuantConfig, calibrate, quantize_model
+from tasks import mm_layout  # noqa: F401  (registers the mm reference-layout sites)
 from tasks.mm_attention import SelfAttention, rewrite_attention
 
 
@@ -79,14 +80,29 @@ def test_vit_mhsa_grid_drops_the_class_token(mm_vit):
     assert patch_tokens(net, seen["in"]).shape == (2, 16, 24)
 
 
+REFERENCE_BLOCK = ["norm1.out", "attn.qkv.out", "attn.scores", "attn.av", "attn.proj.out", "res1", "norm2.out",
+                   "ffn.act.out", "ffn.fc2.out", "res2"]
+
+
+@pytest.mark.parametrize("layout", ["reference", "inputs"])
 @pytest.mark.parametrize("make", [lambda: mm_swin(DetSwin), "vit"], ids=["mm-swin", "mm-vit"])
-def test_w16a16_quantized_backbone_matches_fp(make, mm_vit):
+def test_w16a16_quantized_backbone_matches_fp(make, layout, mm_vit):
     net = rewrite_attention(mm_vit) if make == "vit" else make()
     x = torch.randn(4, 3, 32, 32)
-    qnet = calibrate(quantize_model(net, QuantConfig(BitPlan(16, 16))), [x])
+    qnet = calibrate(quantize_model(net, QuantConfig(BitPlan(16, 16), layout=layout)), [x])
     with torch.no_grad():
         for a, b in zip(net(x), qnet(x), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
     names = {q.name for g in block_groups(qnet) for q in g[1]}
+    block = "layers.0" if make == "vit" else "stages.0.blocks.0"
     attn = "layers.0.attn" if make == "vit" else "stages.0.blocks.0.attn.w_msa"
-    assert {f"{attn}.qk.a", f"{attn}.av.a", f"{attn}.qkv.weight", f"{attn}.proj.input"} <= names
+    if layout == "inputs":
+        assert {f"{attn}.qk.a", f"{attn}.av.a", f"{attn}.qkv.weight", f"{attn}.proj.input"} <= names
+        return
+    sites = [s.replace("attn.", "attn.w_msa.") if make != "vit" else s for s in REFERENCE_BLOCK]
+    assert {f"{block}.{s}" for s in sites} <= names
+    assert {"patch_embed.input", "patch_embed.projection.out"} <= names
+    if make == "vit":
+        assert {"embed", "pos_embed", "pos_sum"} <= names
+    else:
+        assert {f"{attn}.table", f"{attn}.scores_bias", "stages.0.downsample.norm.out", "norm0.out"} <= names

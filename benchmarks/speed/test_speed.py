@@ -3,7 +3,6 @@
 Targets (checked by reading the JSON, never asserted): fake-quant forward at most 1.3x the FP
 forward of the same micro model and batch; a full CLAMP-ViT micro cell under 5 minutes on 2 cores.
 """
-import random
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from baselines.psaq import PSAQViT
 from clamp.generate.features import MHSACapture
 from clamp.method import ClampViT, Search
 from clamp.quant import BitPlan, QuantConfig, calibrate, quantize_model
-from clamp.search.evolution import Candidate
 
 BATCH = 32
 
@@ -77,9 +75,7 @@ def test_clamp_generation_step(benchmark, deit_task):
 def test_clamp_search_generation(benchmark, deit_task, qnet, batch):
     search = Search(ClampViT(), deit_task, deit_task.build_model(), qnet, batch, mixed=False, seed=0)
     _, group = search.groups[1]
-    start = Candidate({q.name: 1.0 for q in group})
-    population = search.evo.initial(start, search.bits.__getitem__, lambda c: search.fitness(1, c))
-    random.seed(0)
+    population = search.evo.initial(search.start(group), lambda c: search.fitness(1, c))
     benchmark(search.evo.cycle, population, search.bits.__getitem__, lambda c: search.fitness(1, c))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def neighbours(h: int, w: int, radius: int = 1,
@@ -27,30 +28,55 @@ def select_positives(near_sim: torch.Tensor, valid: torch.Tensor, k: int) -> tup
     return top, valid.expand_as(near_sim).gather(-1, top)
 
 
-def patch_contrastive_loss(grid: torch.Tensor, tau: float = 0.1, k: int = 4, radius: int = 1) -> torch.Tensor:
-    """Stage 1 loss on one block's MHSA output grid (B, H, W, C): positives of an anchor patch
-    are its top-k most similar patches in its 3x3 neighbourhood, negatives every other patch of
-    the same image. InfoNCE: mean over anchors of -log(sum_pos exp(sim/tau) / sum_{j != i} exp(sim/tau)).
-    Positives are gathered from the neighbourhood rather than masked out of the (P, P) matrix:
-    the same value at a fraction of the cost on large grids."""
+NEGATIVES = ("neighbourhood", "image")
+CHUNK = 1024  # anchors per chunk of the image-wide forms: memory O(B x CHUNK x P), never O(B x P x P)
+
+
+def patch_contrastive_loss(grid: torch.Tensor, tau: float = 0.1, k: int = 4, radius: int = 1,
+                           negatives: str = "neighbourhood") -> torch.Tensor:
+    """Stage 1 loss on one block's MHSA output grid (B, H, W, C). The positives of an anchor
+    patch are its top-k most similar patches (chosen without gradient) in its (2r+1)^2
+    neighbourhood; its negatives are the other patches of that neighbourhood
+    (``neighbourhood``, the paper's reading: positives and negatives are identified within the
+    neighbourhood) or every other patch of the image (``image``). InfoNCE, mean over anchors:
+    -log(sum_pos exp(sim/tau) / sum_candidates exp(sim/tau)). The neighbourhood form is O(P);
+    the image form runs over chunks of anchors, each recomputed in the backward pass, so the
+    (B, P, P) similarity matrix never exists."""
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}: use {' or '.join(NEGATIVES)}")
     b, h, w, c = grid.shape
     tokens = F.normalize(grid.reshape(b, h * w, c), dim=-1)
-    logits = tokens @ tokens.transpose(1, 2) / tau
     index, valid = neighbours(h, w, radius, grid.device)
-    near = logits.gather(-1, index.expand(b, -1, -1))
+    near = torch.einsum("bpc,bpkc->bpk", tokens, tokens[:, index]) / tau  # (B, P, K) neighbour logits
     top, top_valid = select_positives(near, valid, k)
     numer = torch.logsumexp(near.gather(-1, top).masked_fill(~top_valid, float("-inf")), dim=-1)
-    eye = torch.eye(h * w, dtype=torch.bool, device=grid.device)
-    denom = torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=-1)
+    if negatives == "neighbourhood":
+        denom = torch.logsumexp(near.masked_fill(~valid, float("-inf")), dim=-1)
+    else:
+        denom = torch.cat([checkpoint(_others_logsumexp, tokens, start, tau, use_reentrant=False)
+                           for start in range(0, h * w, CHUNK)], dim=1)
     return (denom - numer).mean()
+
+
+def _others_logsumexp(tokens: torch.Tensor, start: int, tau: float) -> torch.Tensor:
+    """logsumexp over every other patch of the image, for anchors start..start+CHUNK: (B, chunk)."""
+    anchors = tokens[:, start:start + CHUNK]
+    logits = anchors @ tokens.transpose(1, 2) / tau
+    rows = torch.arange(anchors.shape[1], device=tokens.device)
+    logits[:, rows, rows + start] = float("-inf")
+    return torch.logsumexp(logits, dim=-1)
 
 
 def local_contrastive_loss(q_grid: torch.Tensor, fp_grid: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     """Stage 2 fitness L_C: each quantized patch's positive is the same patch of the FP block
-    output; the other FP patches of that image are its negatives. Grids (B, ..., C)."""
+    output; the other FP patches of that image are its negatives. Grids (B, ..., C). Computed
+    over chunks of anchors (without gradient, the fitness needs none), O(B x CHUNK x P) memory."""
     b, c = q_grid.shape[0], q_grid.shape[-1]
     q = F.normalize(q_grid.reshape(b, -1, c), dim=-1)
     fp = F.normalize(fp_grid.reshape(b, -1, c), dim=-1)
-    logits = q @ fp.transpose(1, 2) / tau
-    target = torch.arange(logits.shape[1], device=logits.device).expand(b, -1)
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    total = q.new_zeros(())
+    for start in range(0, q.shape[1], CHUNK):
+        logits = q[:, start:start + CHUNK] @ fp.transpose(1, 2) / tau
+        rows = torch.arange(logits.shape[1], device=q.device)
+        total = total + (torch.logsumexp(logits, -1) - logits[:, rows, rows + start]).sum()
+    return total / (b * q.shape[1])

@@ -24,6 +24,7 @@ class MHSAOutput:
     tokens: torch.Tensor
     grid: torch.Tensor
     num_heads: int
+    windowed: bool = False  # tokens are windows (Swin) rather than whole images
 
     def heads(self) -> torch.Tensor:
         """(B', heads, N, C / heads): undo the head merge."""
@@ -98,5 +99,5 @@ class MHSACapture:
 
         def hook(_module: nn.Module, args: tuple) -> None:
             tokens, grid = adapter.mhsa_grid(self.net, block, args[0], self._args[i])
-            self.outputs.append(MHSAOutput(tokens, grid, fp.num_heads))
+            self.outputs.append(MHSAOutput(tokens, grid, fp.num_heads, adapter.windowed))
         return hook

@@ -1,8 +1,9 @@
 """The synthetic-image optimisation loop shared by CLAMP-ViT and the PSAQ-ViT baselines.
 
 Images start as Gaussian noise in normalised space and are optimised with Adam (cosine schedule
-with warm-up), with random roll-jitter and horizontal flips at every step, and clipped to the
-valid pixel range after every step.
+with warm-up, restarted every round), with random roll-jitter and horizontal flips at every step,
+and clipped to the valid pixel range after every step. As PSAQ-ViT's ``generate_data.py``: one
+Adam state across all rounds, and one roll offset for both axes.
 """
 from __future__ import annotations
 
@@ -58,15 +59,15 @@ def optimise_images(x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Ten
     x = x.detach().clone().requires_grad_(True)
     gen = torch.Generator().manual_seed(seed + 1)
     total = sum(steps for steps, _ in config.rounds)
+    opt = torch.optim.Adam([x], lr=config.lr, betas=config.betas)
     with tqdm(total=total, desc=desc, leave=False, disable=None) as bar:
         for steps, limit in config.rounds:
             jitter = config.jitter(limit, spec.shape[-2])
-            opt = torch.optim.Adam([x], lr=config.lr, betas=config.betas)
             for step in range(steps):
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(step, steps, config.lr, min(config.warmup, steps // 2))
-                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
-                view = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                off = int(torch.randint(-jitter, jitter + 1, (), generator=gen))
+                view = torch.roll(x, shifts=(off, off), dims=(2, 3))
                 if config.flip and torch.rand((), generator=gen) < 0.5:
                     view = view.flip(3)
                 loss = loss_fn(view)

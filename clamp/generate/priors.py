@@ -27,35 +27,39 @@ def tv_scale(batch: int, height: int, width: int) -> float:
 
 
 def kde_entropy(values: torch.Tensor, bandwidth: float = 0.01, points: int = 10) -> torch.Tensor:
-    """Differential entropy of each row's distribution, from a Gaussian kernel density estimate
-    evaluated on ``points`` evenly spaced points between the row's min and max (trapezoid rule).
+    """Mean over rows of the differential entropy of each row's distribution, as PSAQ-ViT's
+    ``generate_data.py`` computes it: a Gaussian kernel density estimate evaluated on ``points``
+    evenly spaced points between the min and max of the WHOLE batch (one grid for every row),
+    then -(p + 1e-4) log(p + 1e-4) integrated by the trapezoid rule.
 
-    values: (..., n) -> entropy: (...). Differentiable in ``values``.
+    values: (rows, n) -> scalar. Differentiable in ``values`` (the grid is not).
     """
-    lo = values.min(dim=-1, keepdim=True).values.detach()
-    hi = values.max(dim=-1, keepdim=True).values.detach()
-    t = lo + (hi - lo) * torch.linspace(0, 1, points, device=values.device)  # (..., points)
-    z = (t.unsqueeze(-1) - values.unsqueeze(-2)) / bandwidth  # (..., points, n)
-    density = torch.exp(-0.5 * z.pow(2)).mean(-1) / (bandwidth * math.sqrt(2 * math.pi))
-    integrand = -density * torch.log(density.clamp_min(1e-12))
-    dt = (hi - lo).squeeze(-1) / (points - 1)
-    return dt * (integrand[..., 1:] + integrand[..., :-1]).sum(-1) / 2
+    lo, hi = values.min().detach(), values.max().detach()
+    t = lo + (hi - lo) * torch.linspace(0, 1, points, device=values.device, dtype=values.dtype)  # (points,)
+    z = (t[:, None] - values.unsqueeze(-2)) / bandwidth  # (rows, points, n)
+    density = torch.exp(-0.5 * z.pow(2)).mean(-1) / (bandwidth * math.sqrt(2 * math.pi)) + 1e-4
+    return torch.trapezoid(-density * torch.log(density), t, dim=-1).mean()
 
 
 def patch_similarity(out: MHSAOutput) -> torch.Tensor:
-    """PSAQ-ViT's patch similarity: pairwise cosine similarity of the patch tokens of the attn·v
-    output, per head, averaged over heads. (B', N, C) -> (B', N, N)."""
-    heads = F.normalize(out.heads(), dim=-1)
-    return (heads @ heads.transpose(-2, -1)).mean(1)
+    """PSAQ-ViT's patch similarity: the attn·v output averaged over heads FIRST, then the pairwise
+    cosine similarity of its patch tokens. (B', N, C) -> (B', N', N'); for windowed attention
+    (Swin) the first token of every window is dropped, as PSAQ-ViT's ``[:, 1:]`` does there too."""
+    heads = out.heads().mean(1)  # (B', N, C / heads)
+    if out.windowed:
+        heads = heads[:, 1:]
+    t = F.normalize(heads, dim=-1)
+    return t @ t.transpose(-2, -1)
 
 
 def patch_similarity_entropy(outputs: list[MHSAOutput], bandwidth: float = 0.01, points: int = 10) -> torch.Tensor:
-    """Sum over blocks of the mean (over images or windows) differential entropy of the
-    patch-similarity distribution. PSAQ-ViT maximises it: diverse patches look like real images."""
+    """Sum over blocks of the differential entropy of the patch-similarity distribution, one
+    estimate per image (a Swin image's windows pooled into one) averaged over the batch.
+    PSAQ-ViT maximises it: diverse patches look like real images."""
     total = 0.0
     for out in outputs:
         sim = patch_similarity(out)
-        total = total + kde_entropy(sim.flatten(1), bandwidth, points).mean()
+        total = total + kde_entropy(sim.reshape(out.grid.shape[0], -1), bandwidth, points)
     return total
 
 

@@ -1,6 +1,8 @@
-"""Compression accounting: what a bit-width plan costs in storage and in bit operations."""
+"""Compression accounting: what a bit-width plan costs in storage and in bit operations, and
+the quantizer state that a record keeps beside it."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from clamp.quant.quantizer import FP_BITS
@@ -45,3 +47,17 @@ def compression_report(model: nn.Module) -> dict[str, float]:
         a_bits = {q.name: q.bits for q in acts}
         report["gbops"] = sum(m.macs * m.w_quant.bits * a_bits.get(m.feeder, FP_BITS) for m in layers) / 1e9
     return report
+
+
+def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every quantizer's bits, effective scale (search multiplier included) and zero point, by
+    quantizer name: enough to inspect a result's plan and to rebuild its quantized model from
+    the FP weights."""
+    state = {}
+    for q in quantizers(model):
+        state[f"{q.name}.bits"] = torch.tensor(q.bits)
+        if q.active:
+            mult = q.mult.detach() if isinstance(q.mult, torch.Tensor) else q.mult
+            state[f"{q.name}.scale"] = (q.scale * mult).detach().float().cpu().contiguous()
+            state[f"{q.name}.zero_point"] = q.zero_point.detach().float().cpu().contiguous()
+    return state

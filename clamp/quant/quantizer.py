@@ -117,6 +117,19 @@ class Quantizer(nn.Module):
         if self.state == "quant":
             self.freeze()
 
+    def set_scale(self, scale: torch.Tensor) -> None:
+        """Replace the frozen scale (the evolutionary search's genes for weights)."""
+        self.scale = scale
+        self.version += 1
+
+    def scale_at(self, bits: int) -> torch.Tensor:
+        """The scale calibration would give at ``bits`` (for a redrawn mixed-precision bit gene)."""
+        own, self.bits = self.bits, check_bits(bits)
+        try:
+            return self._params_from_observer()[0]
+        finally:
+            self.bits = own
+
     def set_mult(self, mult: float | torch.Tensor) -> None:
         """Multiplier of the frozen scale: a float, or a tensor that requires grad to learn it."""
         self.mult = mult if isinstance(mult, torch.Tensor) and mult.requires_grad else float(mult)

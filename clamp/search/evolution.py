@@ -1,8 +1,13 @@
-"""A small steady-state evolutionary algorithm over quantization parameters.
+"""Evol-Q's evolutionary search over one block's quantization parameters.
 
-A candidate holds one scale multiplier per quantizer (and, for mixed precision, one bit-width).
-Each cycle draws a tournament, mutates its best, and lets the child replace the population's
-worst when it is better: the best fitness never gets worse.
+Follows enyac-group/evol-q ``joint_evol_opt.py`` (``mutate``, ``evolutionary_algorithm``): the
+genes are every output channel's weight scale of the block's quantized layers; a mutation adds
+U(-r, r) to each scale and takes the absolute value (r = 1e-3 at 3-4 bits, 1e-4 at 8 bits; we
+take 1e-3 at <= 4 bits and 1e-4 above, where Evol-Q untested falls back to 1e-3); the population
+starts as ``population`` copies of the current scales; each cycle draws a tournament of
+``tournament`` with replacement, mutates its best, adds the child and drops the worst, so the best
+fitness never increases. Options of ours: per-tensor activation scale multipliers as extra genes
+(multiplicative, +-1% at <= 4 bits, +-0.1% above) and, for mixed precision, bit-width genes.
 """
 from __future__ import annotations
 
@@ -10,61 +15,78 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass
 class Candidate:
-    mults: dict[str, float]
+    """Weight scales (per output channel) by quantizer name, activation multipliers, bits."""
+
+    scales: dict[str, torch.Tensor]
+    mults: dict[str, float] = field(default_factory=dict)
     bits: dict[str, int] = field(default_factory=dict)
     fitness: float = float("inf")
+
+    def copy(self) -> Candidate:
+        return Candidate(dict(self.scales), dict(self.mults), dict(self.bits), self.fitness)
 
 
 @dataclass
 class EvolutionConfig:
     population: int = 15
     tournament: int = 10
-    delta_low_bits: float = 1e-2  # mutation range of scale multipliers for <= 4 bits
-    delta_high_bits: float = 1e-3  # ... and above 4 bits
-    bit_choices: tuple[int, ...] = (4, 6, 8)  # mixed precision genes
+    scale_step_low_bits: float = 1e-3  # r of the additive weight-scale mutation at <= 4 bits
+    scale_step_high_bits: float = 1e-4  # ... and above 4 bits
+    mult_step_low_bits: float = 1e-2  # relative step of activation multipliers at <= 4 bits
+    mult_step_high_bits: float = 1e-3  # ... and above
+    bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # mixed-precision genes
     bit_mutation: float = 0.1  # probability that a bit gene is redrawn
 
 
 class Evolution:
-    """Mutation, initialisation and one cycle; ``mixed`` turns bit-widths into genes."""
+    """Mutation and one Evol-Q cycle. ``rescale(name, bits)`` gives a weight quantizer's min-max
+    scale at other bits: a redrawn weight bit gene restarts its scales from there."""
 
-    def __init__(self, config: EvolutionConfig, rng: random.Random, mixed: bool = False) -> None:
-        self.config, self.rng, self.mixed = config, rng, mixed
+    def __init__(self, config: EvolutionConfig, seed: int, mixed: bool = False,
+                 rescale: Callable[[str, int], torch.Tensor] | None = None) -> None:
+        self.config, self.mixed, self.rescale = config, mixed, rescale
+        self.rng = random.Random(seed)
+        self.gen = torch.Generator().manual_seed(seed)
 
     def mutate(self, parent: Candidate, bits_of: Callable[[str], int]) -> Candidate:
-        bits = dict(parent.bits)
+        cfg = self.config
+        child = parent.copy()
         if self.mixed:
-            for name in bits:
-                if self.rng.random() < self.config.bit_mutation:
-                    bits[name] = self.rng.choice(self.config.bit_choices)
-        mults = {}
-        for name, m in parent.mults.items():
-            b = bits.get(name, bits_of(name))
-            delta = self.config.delta_low_bits if b <= 4 else self.config.delta_high_bits
-            mults[name] = m * (1 + self.rng.uniform(-delta, delta))
-        return Candidate(mults, bits)
+            for name in child.bits:
+                if self.rng.random() < cfg.bit_mutation:
+                    child.bits[name] = self.rng.choice(cfg.bit_choices)
+        for name, scale in parent.scales.items():
+            bits = child.bits.get(name, bits_of(name))
+            if bits != parent.bits.get(name, bits):
+                scale = self.rescale(name, bits)
+            r = cfg.scale_step_low_bits if bits <= 4 else cfg.scale_step_high_bits
+            noise = (torch.rand(scale.shape, generator=self.gen, dtype=scale.dtype) * 2 - 1) * r
+            child.scales[name] = (scale + noise.to(scale.device)).abs()
+        for name, mult in parent.mults.items():
+            step = cfg.mult_step_low_bits if child.bits.get(name, bits_of(name)) <= 4 else cfg.mult_step_high_bits
+            child.mults[name] = mult * (1 + self.rng.uniform(-step, step))
+        return child
 
-    def initial(self, start: Candidate, bits_of: Callable[[str], int],
-                fitness: Callable[[Candidate], float]) -> list[Candidate]:
-        """The start candidate plus mutants of it, all evaluated."""
-        population = [Candidate(dict(start.mults), dict(start.bits))]
-        population += [self.mutate(start, bits_of) for _ in range(self.config.population - 1)]
-        for c in population:
-            c.fitness = fitness(c)
-        return population
+    def initial(self, start: Candidate, fitness: Callable[[Candidate], float]) -> list[Candidate]:
+        """``population`` copies of the start, evaluated once (Evol-Q's initial population)."""
+        start = start.copy()
+        start.fitness = fitness(start)
+        return [start.copy() for _ in range(self.config.population)]
 
     def cycle(self, population: list[Candidate], bits_of: Callable[[str], int],
               fitness: Callable[[Candidate], float]) -> Candidate:
-        """Tournament, mutate its best, child replaces the worst if better; returns the child."""
-        contenders = self.rng.sample(population, min(self.config.tournament, len(population)))
+        """Tournament with replacement, mutate its best, add the child, drop the worst; returns the child."""
+        contenders = self.rng.choices(population, k=self.config.tournament)
         child = self.mutate(min(contenders, key=lambda c: c.fitness), bits_of)
         child.fitness = fitness(child)
-        worst = max(range(len(population)), key=lambda i: population[i].fitness)
-        if child.fitness < population[worst].fitness:
-            population[worst] = child
+        population.append(child)
+        population.sort(key=lambda c: c.fitness)
+        population.pop()
         return child
 
 

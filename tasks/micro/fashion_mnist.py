@@ -28,10 +28,16 @@ def _find(root: Path, stem: str) -> Path | None:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError):  # a truncated or corrupt gzip stream
+        data = b""
+    ndim = data[3] if len(data) > 4 and data[:3] == b"\x00\x00\x08" else 0
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if not ndim or len(data) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise ValueError(f"Fashion-MNIST file {path} is truncated or not an IDX file: reinstall it "
+                         "(`apt-get install --reinstall dataset-fashion-mnist`)")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -55,6 +61,12 @@ def load_split(split: str, root: str | os.PathLike | None = None) -> tuple[torch
     images = torch.from_numpy(_read_idx(img_file).copy())
     labels = torch.from_numpy(_read_idx(lbl_file).astype(np.int64))
     return images, labels
+
+
+def check(root: str | os.PathLike | None = None) -> None:
+    """Both splits present and readable, or one line saying what to install."""
+    for split in FILES:
+        load_split(split, root)
 
 
 def to_model_input(images: torch.Tensor, size: int, mean=MEAN, std=STD) -> torch.Tensor:
