@@ -49,11 +49,12 @@ def test_precision_parsing():
 
 def test_micro_classification_suite_expands_to_its_cells():
     cells = expand(load_suite("micro-classification"))
-    assert len(cells) == 16 and len({c.key for c in cells}) == 16
+    assert len(cells) == 24 and len({c.key for c in cells}) == 24
     assert {c.model for c in cells} == {"micro_deit_patch4_32", SWIN}
     assert {c.method for c in cells} == {"real", "gaussian"}
     assert {(c.w_bits, c.a_bits) for c in cells} == {(8, 8), (6, 6), (4, 8), (4, 4)}
-    assert {c.quant_options["layout"] for c in cells} == {"reference"}
+    assert sum(c.quant_options["layout"] == "reference" for c in cells) == 16
+    assert {c.method for c in cells if c.quant_options["layout"] == "inputs"} == {"real"}
     assert all(c.n_eval == 10000 and c.seed == 0 and not c.mixed for c in cells)
     assert "micro-classification" in available_suites()
 
@@ -64,12 +65,14 @@ def test_every_suite_expands_to_its_cells():
     literal = [c for c in baselines if c.method_options]
     assert {c.method_options["scale_to_input"] for c in literal} == {False} and len(literal) == 3
     clamp = expand(load_suite("micro-classification-clamp"))
-    assert len(clamp) == 2 * 5 * 3 + 6 * 2
-    assert {c.precision for c in clamp} == {"W8A8", "W4A8", "W4A4", "MP-W4A8", "MP-W5A6"}
-    assert sum(c.mixed for c in clamp) == 2 * 2 * 3
-    ablations = [c for c in clamp if set(c.method_options) != {"passes"}]
-    assert len(ablations) == 12 and all(c.model == "micro_deit_patch4_32" and c.precision in ("W4A8", "W4A4")
+    assert len(clamp) == 2 * 5 * 3 + 7 * 2 * 3 + 2 * 3
+    assert {c.precision for c in clamp} == {"W8A8", "W6A6", "W4A8", "W4A4", "MP-W4A8"}
+    ablations = [c for c in clamp if c.method_options]
+    assert len(ablations) == 48 and all(c.model == "micro_deit_patch4_32" and c.precision in ("W4A8", "W4A4", "MP-W4A8")
                                         for c in ablations)
+    inputs = expand(load_suite("micro-classification-inputs"))
+    assert {c.quant_options["layout"] for c in inputs} == {"inputs"}
+    assert all("layout" not in c.config()["quant_options"] for c in inputs)  # the keys they were stored under
     paper = expand(load_suite("paper-classification"))
     assert len(paper) == 7 * 5 * 4 + 7
     assert all(c.n_eval is None for c in paper)  # the whole ImageNet validation set
@@ -79,10 +82,11 @@ def test_every_suite_expands_to_its_cells():
                                          ("segmentation", "micro_upernet_deit_fmnist")])
 def test_mm_suites_expand_to_their_cells(task, model):
     micro = expand(load_suite(f"micro-{task}"))
-    assert len(micro) == 4 * 2 and {c.model for c in micro} == {model} and {c.task for c in micro} == {task}
+    assert len(micro) == 4 * 2 * 2 and {c.model for c in micro} == {model} and {c.task for c in micro} == {task}
     assert {c.method for c in micro} == {"real", "gaussian", "psaq-vit-v2", "clamp-vit"}
     assert {c.precision for c in micro} == {"W8A8", "W4A8"} and all(c.n_eval == 300 for c in micro)
-    assert [c.method_options for c in micro if c.method == "clamp-vit"] == [{"passes": 2}] * 2
+    assert [c.method_options for c in micro if c.method == "clamp-vit"] == [{"passes": 2}] * 4
+    assert sorted(c.quant_options["layout"] for c in micro) == ["inputs"] * 8 + ["reference"] * 8
     paper = expand(load_suite(f"paper-{task}"))
     assert len(paper) == {"detection": 4, "segmentation": 3}[task] * 4 * 2
     assert all(c.n_eval is None and not c.method_options for c in paper)
