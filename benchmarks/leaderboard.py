@@ -126,6 +126,34 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_mixed_bits(frame: pd.DataFrame, cells: Path, path: Path) -> None:
+    """Per-layer weight and activation bits of every mixed-precision row, from the quantizer
+    state stored beside its record (one panel each)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from safetensors import safe_open
+
+    mixed = frame[frame["precision"].str.startswith("MP-")]
+    if mixed.empty:
+        return
+    fig, axes = plt.subplots(len(mixed), 1, figsize=(12, 2.2 * len(mixed)), squeeze=False)
+    for ax, row in zip(axes[:, 0], mixed.itertuples(), strict=True):
+        with safe_open(str(cells / f"{row.config_key}.quant.safetensors"), "pt") as f:
+            bits = {k.removesuffix(".bits"): int(f.get_tensor(k)) for k in f.keys() if k.endswith(".bits")}
+        for kind, marker in (("weight", "s"), ("activation", "o")):
+            names = [n for n in bits if n.endswith(".weight") == (kind == "weight")]
+            ax.plot(range(len(names)), [bits[n] for n in names], marker=marker, linestyle="none", label=kind)
+        ax.set(ylim=(1.5, 8.5), ylabel="bits",
+               title=f"{row.model} {row.method} {row.precision} seed {row.seed}: W{row.mean_w_bits_plain:.1f}/"
+                     f"A{row.mean_a_bits:.1f} (plain means), {row.quant_value:.2f} {row.metric}")
+        ax.legend(fontsize=7)
+    axes[-1, 0].set_xlabel("quantizer, by name (weights and activations separately)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None}))
+    plt.close(fig)
+
+
 def write_csv(store: ResultStore, task: str) -> Path:
     """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png, under a
     lock so that concurrent runs never interleave their rebuilds."""
@@ -143,4 +171,5 @@ def _write_csv(store: ResultStore, task: str) -> Path:
     atomic_write_text(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
     atomic_write_text(store.root / f"{task}.md", markdown(summ))
     plot(summ, store.root / "plots" / f"{task}.png")
+    plot_mixed_bits(frame, store.root / "cells" / task, store.root / "plots" / f"{task}_mp_bits.png")
     return path

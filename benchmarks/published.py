@@ -17,7 +17,8 @@ def report(store: ResultStore, task: str = "classification") -> pd.DataFrame:
     published = pd.read_csv(PUBLISHED)
     published = published[published["task"] == task]
     summ = summary(table(store, task))
-    summ = summ[summ["config"] == ""]  # ablations and option variants are not the published setting
+    # the published setting: the reference quantizer layout, no ablation or option variant
+    summ = summ[(summ["config"] == "") & (summ["layout"] == "reference")]
     reproduced = summ.assign(precision=summ["precision"].where(~summ["precision"].str.startswith("MP-"), "MP"))
     fp = summ.groupby("model", as_index=False)["fp_value"].first().assign(method="fp", precision="FP")
     fp = fp.rename(columns={"fp_value": "quant_mean"})

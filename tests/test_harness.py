@@ -302,3 +302,51 @@ def test_truncated_dataset_file_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="truncated or not an IDX file") as err:
         fashion_mnist.check(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_sigkill_at_three_moments_loses_nothing_finished(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    suite = tmp_path / "four.toml"
+    suite.write_text(SUITE)
+    results = tmp_path / "r"
+    cells_dir = results / "cells" / "classification"
+    cmd = [sys.executable, "-m", "benchmarks", "suite", str(suite), "--results-dir", str(results), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished: dict[str, bytes] = {}
+    for records_before_kill in (0, 1, 2):  # while starting up, after the first record, after the second
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(cells_dir.glob("*.json"))) <= records_before_kill \
+                and proc.poll() is None:
+            time.sleep(0.05 if records_before_kill else 1.5)
+            if not records_before_kill:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        for path in cells_dir.glob("*.json"):
+            assert finished.setdefault(path.name, path.read_bytes()) == path.read_bytes()
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    for name, data in finished.items():
+        assert (cells_dir / name).read_bytes() == data  # a finished record is never rewritten
+    assert len(list(cells_dir.glob("*.json"))) == 4
+    assert not [p for p in results.rglob(".*") if p.is_file()]  # no temporary file left behind
+
+
+def test_pickled_checkpoint_is_not_executed(tmp_path):
+    import pickle
+
+    from benchmarks.cli import main
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(SystemExit, match="pass a matching --checkpoint") as exit_:
+        main([*RUN, "--checkpoint", str(evil), "--results-dir", str(tmp_path / "r")])
+    assert "\n" not in str(exit_.value.code)
+    assert not (tmp_path / "pwned").exists()

@@ -1,6 +1,6 @@
 """Speed benchmarks (pytest-benchmark): `tox -e speed`, JSON under results/benchmarks/.
 
-Targets (checked by reading the JSON, never asserted): fake-quant forward at most 1.3x the FP
+Targets (checked by reading the JSON, never asserted): fake-quant forward (reference layout) at most 1.5x the FP
 forward of the same micro model and batch; a full CLAMP-ViT micro cell under 5 minutes on 2 cores.
 """
 
