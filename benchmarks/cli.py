@@ -21,14 +21,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks import leaderboard, published, suites
+from benchmarks import dry_run, leaderboard, published, suites
 from benchmarks.cell import Cell
 from benchmarks.runner import RunOptions, init_distributed, run_cells
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
 from clamp.cache import cache_dir
 from clamp.registry import available_methods, make_method
-from tasks import TASKS, make_task
+from tasks import TASKS, make_task, task_class
+
+
+def known_models(task: str) -> list[str]:
+    """The micro and paper-scale models of ``task`` (any other timm tag or mm config works too)."""
+    if task == "classification":
+        from tasks.classification import PAPER_MODELS
+        from tasks.micro.models import MICRO_MODELS
+        return [*MICRO_MODELS, *PAPER_MODELS]
+    cls = task_class(task)
+    return [*cls.micro_models, *cls.paper_models]
 
 
 def _keyvalue(value: str) -> tuple[str, object]:
@@ -155,13 +165,15 @@ def main(argv: list[str] | None = None) -> None:
     option = dict(type=_keyvalue, action="append", default=[], metavar="KEY=VALUE")
 
     one = sub.add_parser("run", parents=[common], help="run one cell")
-    one.add_argument("--task", default="classification", choices=TASKS)
-    one.add_argument("--model", required=True)
-    one.add_argument("--method", required=True)
-    one.add_argument("--w-bits", type=int, required=True)
-    one.add_argument("--a-bits", type=int, required=True)
-    one.add_argument("--mixed", action="store_true", help="mixed precision at the compression of W/A bits")
-    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--task", default="classification", choices=TASKS, help="the task adapter (default: %(default)s)")
+    one.add_argument("--model", required=True, help="a timm tag, an mm config name or .py path, or a micro model "
+                                                    "(`clamp-bench list --models`)")
+    one.add_argument("--method", required=True, help="a registered method (`clamp-bench list`)")
+    one.add_argument("--w-bits", type=int, required=True, help="weight bits, 2..16 (32: leave in FP)")
+    one.add_argument("--a-bits", type=int, required=True, help="activation bits, 2..16 (32: leave in FP)")
+    one.add_argument("--mixed", action="store_true",
+                     help="mixed precision within the model size and BOPS of uniform W/A bits")
+    one.add_argument("--seed", type=int, default=0, help="seed of the method's randomness (default: %(default)s)")
     one.add_argument("--n-eval", type=int, help="evaluate on a fixed random subset of this size")
     one.add_argument("--option", **option, help="method option (JSON value), repeatable")
     one.add_argument("--quant-option", **option,
@@ -173,15 +185,18 @@ def main(argv: list[str] | None = None) -> None:
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
     suite.add_argument("--stale", action="store_true",
                        help="recompute exactly the cells whose records older code (or a dirty tree) computed")
+    suite.add_argument("--dry-run", action="store_true",
+                       help="list the cells it would run and skip, with a time estimate, and run nothing")
 
     cmp = sub.add_parser("compare", parents=[common], help="run a method on a suite's cells, print its deltas")
-    cmp.add_argument("--method", required=True)
-    cmp.add_argument("--suite", required=True)
+    cmp.add_argument("--method", required=True, help="the method to compare (registered by name)")
+    cmp.add_argument("--suite", required=True, help="the suite whose cells it runs and whose methods it is compared to")
     cmp.add_argument("--option", **option, help="option of the compared method, repeatable")
 
     board = sub.add_parser("leaderboard", help="rebuild results/<task>.csv, summaries, tables, plots, published report")
     board.add_argument("--results-dir", help="the results folder (default: $CLAMP_RESULTS, else results/)")
-    sub.add_parser("list", help="list tasks, methods and suites")
+    listing = sub.add_parser("list", help="list tasks, methods and suites")
+    listing.add_argument("--models", action="store_true", help="list every model each task knows instead")
 
     args = parser.parse_args(argv)
     # mmcv 2.1 imports pkg_resources, which setuptools < 81 (needed to build mmcv) deprecates loudly
@@ -197,7 +212,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "suite":
             cells = _with_weights(suites.expand(suites.load_suite(args.name)), args.checkpoint)
             store = _store(args, personal=False)
-            only = {r["key"] for r in map(store.load, cells) if r and leaderboard.is_stale(r)} if args.stale else None
+            plan = dry_run.plan(cells, store)
+            only = {c.key for c in plan.stale} if args.stale else None
+            if args.dry_run:
+                print(plan.describe())
+                return
+            if not (args.force or args.stale or plan.to_run):
+                print(plan.all_finished(args.name, store))
+                return
             records = _run(cells, args, store, only)
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "compare":
@@ -209,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {published.write_report(store)}")
             for bad in store.bad:
                 print(f"skipped unreadable record {bad}", file=sys.stderr)
-        if args.command == "list":
+        if args.command == "list" and args.models:
+            for task in TASKS:
+                print(f"{task}: " + ", ".join(known_models(task)))
+        elif args.command == "list":
             print("tasks:   " + ", ".join(TASKS))
             print("methods: " + ", ".join(available_methods()))
             print("suites:  " + ", ".join(suites.available_suites()))

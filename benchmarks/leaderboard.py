@@ -13,11 +13,14 @@ from benchmarks.provenance import code_fingerprint, is_dirty, record_fingerprint
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write, atomic_write_text
 
+# the fixed columns; then, flattened from the record by pandas.json_normalize and sorted:
+# quant_metrics.<metric> (every metric of the quantized model, percent), method_options.<name>,
+# quant_options.<name>, task_options.<name> and versions.<library> (and versions.commit)
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
-           "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "metric", "fp_value",
-           "quant_value", "delta", "quant_metrics", "seed",
-           "calibration", "n_calib", "n_eval", "wall_s", "device", "versions", "stale", "timestamp", "config_key",
-           "config"]
+           "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
+           "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "wall_s",
+           "device", "stale", "timestamp", "config_key", "config"]
+NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
 SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "layout", "method", "precision", "config", "metric"]
 
@@ -37,14 +40,17 @@ def row(record: dict) -> dict:
         "mean_a_bits": round(comp["mean_a_bits"], 3), "mean_w_bits_plain": optional("mean_w_bits_plain"),
         "mean_a_bits_weighted": optional("mean_a_bits_weighted"),
         "compression_ratio": round(comp["compression_ratio"], 3), "gbops": optional("gbops"),
-        "size_mb": round(comp["size_mb"], 4), "metric": metric, "fp_value": round(fp, 3),
-        "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
-        "quant_metrics": ";".join(f"{k}={v:.3f}" for k, v in sorted(record["quant"].items()) if k != "n_eval"),
+        "size_mb": round(comp["size_mb"], 4), "n_params": comp["n_params"], "metric": metric,
+        "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "wall_s": record["wall_s"], "device": record["device"],
-        "versions": record["versions"], "stale": is_stale(record), "timestamp": record["timestamp"],
-        "config_key": record["key"],
+        "stale": is_stale(record), "timestamp": record["timestamp"], "config_key": record["key"],
         "config": _config_text(cfg),
+        "quant_metrics": {k: round(v, 3) for k, v in record["quant"].items() if k != "n_eval"},
+        "method_options": cfg["method_options"],
+        "quant_options": {k: v for k, v in cfg["quant_options"].items() if k != "layout"},
+        "task_options": cfg.get("task_options", {}),
+        "versions": dict(part.partition("=")[::2] for part in record["versions"].split()),
     }
 
 
@@ -63,8 +69,13 @@ def is_stale(record: dict) -> bool:
 
 
 def table(store: ResultStore, task: str) -> pd.DataFrame:
+    """One flat row per good record of ``task`` from a clean commit."""
     rows = [row(r) for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = pd.json_normalize(rows, sep=".", max_level=1)
+    flat = sorted(c for c in frame.columns if c.startswith(tuple(f"{n}." for n in NESTED)))
+    frame = frame[COLUMNS + flat]
     return frame.sort_values(SORT, kind="stable").reset_index(drop=True)
 
 

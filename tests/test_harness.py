@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks import leaderboard, runner
 from benchmarks.cell import Cell, parse_precision
@@ -129,11 +130,13 @@ def test_leaderboard_is_reproducible_and_complete(store):
     first = path.read_bytes()
     assert leaderboard.write_csv(store, "classification").read_bytes() == first
     frame = leaderboard.table(store, "classification")
-    assert list(frame.columns) == leaderboard.COLUMNS
+    assert list(frame.columns)[:len(leaderboard.COLUMNS)] == leaderboard.COLUMNS
+    assert {"quant_metrics.top1", "quant_metrics.top5", "versions.torch", "versions.commit"} <= set(frame.columns)
     row = frame.iloc[0]
     assert row["precision"] == "W4A8" and row["calibration"] == "gaussian:32" and row["n_eval"] == 200
     assert row["delta"] == pytest.approx(row["quant_value"] - row["fp_value"], abs=2e-3)
-    assert row["compression_ratio"] > 3 and "torch=" in row["versions"]
+    assert row["compression_ratio"] > 3 and row["versions.torch"] == torch.__version__.split("+")[0]
+    assert row["quant_metrics.top1"] == row["quant_value"]
     record = json.loads(store.path(cell()).read_text())
     assert record["config"] == cell().config()
 
@@ -350,3 +353,20 @@ def test_pickled_checkpoint_is_not_executed(tmp_path):
         main([*RUN, "--checkpoint", str(evil), "--results-dir", str(tmp_path / "r")])
     assert "\n" not in str(exit_.value.code)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_dry_run_lists_and_estimates_and_a_finished_suite_says_so(tmp_path, capsys):
+    from benchmarks.cli import main
+    suite = tmp_path / "four.toml"
+    suite.write_text(SUITE)
+    store = ResultStore(tmp_path / "r")
+    cells = expand(load_suite(str(suite)))
+    run_cells(cells[:1], RunOptions(device="cpu"), store)
+    main(["suite", str(suite), "--results-dir", str(store.root), "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith("3 to run (about 0 min), 1 finished") and out.count("  run ") == 3
+    assert not list((store.root / "cells" / "classification").glob(f"{cells[1].key}*"))  # ran nothing
+    run_cells(cells, RunOptions(device="cpu"), store)
+    main(["suite", str(suite), "--results-dir", str(store.root)])
+    out = capsys.readouterr().out
+    assert out.startswith("all 4 cells of") and "--force" in out and "| micro_swin_patch2_window4_32 |" in out

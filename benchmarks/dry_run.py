@@ -1,0 +1,73 @@
+"""What a suite would do: the cells it would run, skip and find stale, with a time estimate from
+the stored wall time of similar cells."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from benchmarks import leaderboard
+from benchmarks.cell import Cell
+from benchmarks.store import ResultStore
+
+
+@dataclass
+class Plan:
+    finished: list[Cell] = field(default_factory=list)
+    stale: list[Cell] = field(default_factory=list)  # finished, but by other code than this checkout's
+    to_run: list[Cell] = field(default_factory=list)
+    seconds: dict[str, float | None] = field(default_factory=dict)  # estimate per cell key
+
+    def estimate(self, cells: list[Cell]) -> str:
+        known = [self.seconds[c.key] for c in cells if self.seconds[c.key] is not None]
+        unknown = len(cells) - len(known)
+        text = f"about {sum(known) / 60:.0f} min" if known else "no estimate"
+        return text + (f" (+{unknown} cells never timed here)" if unknown and known else "")
+
+    def describe(self) -> str:
+        lines = [f"{len(self.to_run)} to run ({self.estimate(self.to_run)}), {len(self.finished)} finished "
+                 f"({len(self.stale)} of them stale)"]
+        for label, cells in (("run", self.to_run), ("stale", self.stale)):
+            for c in cells:
+                est = self.seconds[c.key]
+                lines.append(f"  {label:5} {c.key} {c.model} {c.method} {c.precision} seed={c.seed} "
+                             f"{c.method_options or ''} {c.quant_options['layout']} "
+                             + (f"~{est:.0f} s" if est is not None else "?"))
+        return "\n".join(lines)
+
+    def all_finished(self, name: str, store: ResultStore) -> str:
+        tasks = sorted({c.task for c in self.finished})
+        tables = "\n".join(leaderboard.markdown(leaderboard.summary(leaderboard.table(store, t)))
+                           for t in tasks)
+        return (f"all {len(self.finished)} cells of {name} are finished: their records are in {store.root} "
+                f"(in a fresh clone, the committed leaderboard).\n{tables}\n"
+                f"Recompute them with --force ({self.estimate(self.finished)}) or only the "
+                f"{len(self.stale)} computed by older code with --stale ({self.estimate(self.stale)}).")
+
+
+def plan(cells: list[Cell], store: ResultStore) -> Plan:
+    """Sort ``cells`` into finished (and stale) and to run, and estimate each from stored wall
+    times: the median of the same model, method, precision and options, else of the same model
+    and method."""
+    out = Plan()
+    records = {c.key: store.load(c) for c in cells}
+    timed = [r for task in sorted({c.task for c in cells}) for r in store.records(task) if r["status"] == "ok"]
+    for c in cells:
+        record = records[c.key]
+        if record and record["status"] == "ok":
+            out.finished.append(c)
+            if leaderboard.is_stale(record):
+                out.stale.append(c)
+        else:
+            out.to_run.append(c)
+        out.seconds[c.key] = _estimate(c, timed)
+    return out
+
+
+def _estimate(cell: Cell, timed: list[dict]) -> float | None:
+    def same(r: dict, *keys: str) -> bool:
+        return all(r["config"][k] == getattr(cell, k) for k in keys)
+    for keys in (("model", "method", "w_bits", "a_bits", "mixed", "method_options"), ("model", "method")):
+        walls = [r["wall_s"] for r in timed if same(r, *keys)]
+        if walls:
+            return statistics.median(walls)
+    return None
