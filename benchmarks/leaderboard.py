@@ -4,6 +4,7 @@ same cells always give the same bytes. Records from a dirty work tree never beco
 whose code (clamp/, baselines/, tasks/) differs from the checkout's are marked ``stale``."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -19,14 +20,15 @@ from clamp.cache import atomic_write, atomic_write_text
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
            "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "wall_s",
-           "device", "stale", "timestamp", "config_key", "config"]
+           "device", "stale", "gallery", "timestamp", "config_key", "config"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
 SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "layout", "method", "precision", "config", "metric"]
 
 
-def row(record: dict) -> dict:
-    """One CSV row from a stored cell record (metrics in percent)."""
+def row(record: dict, gallery: str | None = None) -> dict:
+    """One CSV row from a stored cell record (metrics in percent); ``gallery``: the path of its
+    synthetic images' PNG grid, relative to the results folder."""
     cfg, metric, comp = record["config"], record["metric"], record["compression"]
     fp, quant = record["fp"][metric], record["quant"][metric]
     precision = f"{'MP-' if cfg['mixed'] else ''}W{cfg['w_bits']}A{cfg['a_bits']}"
@@ -44,7 +46,7 @@ def row(record: dict) -> dict:
         "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "wall_s": record["wall_s"], "device": record["device"],
-        "stale": is_stale(record), "timestamp": record["timestamp"], "config_key": record["key"],
+        "stale": is_stale(record), "gallery": gallery, "timestamp": record["timestamp"], "config_key": record["key"],
         "config": _config_text(cfg),
         "quant_metrics": {k: round(v, 3) for k, v in record["quant"].items() if k != "n_eval"},
         "method_options": cfg["method_options"],
@@ -62,6 +64,20 @@ def _config_text(cfg: dict) -> str:
     return ";".join(parts)
 
 
+def gallery(record: dict, root: Path) -> str | None:
+    """The PNG grid of a cell's synthetic images under <root>/galleries/, named like the image
+    cache entry (cells on the same images share it): copied there from the cache of the machine
+    that computed the cell, the first time the leaderboard sees it."""
+    images = record["report"].get("images")
+    if not images:
+        return None
+    source = Path(images).with_suffix(".png")
+    target = root / "galleries" / source.name
+    if not target.is_file() and source.is_file():
+        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+    return str(target.relative_to(root)) if target.is_file() else None
+
+
 def is_stale(record: dict) -> bool:
     """Computed by other code than this checkout's (or by uncommitted code)."""
     current = code_fingerprint()
@@ -70,7 +86,7 @@ def is_stale(record: dict) -> bool:
 
 def table(store: ResultStore, task: str) -> pd.DataFrame:
     """One flat row per good record of ``task`` from a clean commit."""
-    rows = [row(r) for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
+    rows = [row(r, gallery(r, store.root)) for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.json_normalize(rows, sep=".", max_level=1)

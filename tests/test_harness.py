@@ -370,3 +370,22 @@ def test_dry_run_lists_and_estimates_and_a_finished_suite_says_so(tmp_path, caps
     main(["suite", str(suite), "--results-dir", str(store.root)])
     out = capsys.readouterr().out
     assert out.startswith("all 4 cells of") and "--force" in out and "| micro_swin_patch2_window4_32 |" in out
+
+
+def test_gallery_is_copied_next_to_the_leaderboard_and_linked_relatively(store, tmp_path):
+    images = tmp_path / "cache" / "abc123.pt"
+    images.parent.mkdir()
+    images.write_bytes(b"")
+    images.with_suffix(".png").write_bytes(b"\x89PNG fake grid")
+    c = cell(method="psaq-vit")
+    store.save(c, {"status": "ok", "metric": "top1", "fp": {"top1": 80.0}, "quant": {"top1": 79.0, "n_eval": 200},
+                   "compression": {"mean_w_bits": 4.0, "mean_a_bits": 8.0, "compression_ratio": 7.0,
+                                   "size_mb": 0.1, "n_params": 1000},
+                   "report": {"calibration": "psaq-vit:32", "n_calib": 32, "images": str(images)},
+                   "wall_s": 1.0, "device": "test", "versions": "torch=x commit=0123456789ab",
+                   "timestamp": "2026-11-29T00:00:00+00:00"})
+    frame = leaderboard.table(store, "classification")
+    assert frame.loc[0, "gallery"] == "galleries/abc123.png"
+    assert (store.root / "galleries" / "abc123.png").read_bytes() == b"\x89PNG fake grid"
+    images.with_suffix(".png").unlink()  # a fresh clone has no cache: the committed copy still counts
+    assert leaderboard.table(store, "classification").loc[0, "gallery"] == "galleries/abc123.png"
