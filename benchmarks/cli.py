@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks import dry_run, leaderboard, published, suites
+from benchmarks import dry_run, leaderboard, published, site, suites
 from benchmarks.cell import Cell
 from benchmarks.runner import RunOptions, init_distributed, run_cells
 from benchmarks.scaleout import EXECUTORS, make_executor
@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             for task in TASKS:
                 print(f"wrote {leaderboard.write_csv(store, task)}")
             print(f"wrote {published.write_report(store)}")
+            print(f"wrote {site.build(store, TASKS)}")
             for bad in store.bad:
                 print(f"skipped unreadable record {bad}", file=sys.stderr)
         if args.command == "list" and args.models:
