@@ -84,7 +84,7 @@ def test_page_loads_offline_sorts_filters_and_shows_images(built, browser):
     before = first_row()
     headers = browser.find_elements(By.XPATH, "//div[@id='rows-classification_wrapper']"
                                               "//th[normalize-space()='quant_value']")
-    order = [h for h in headers if h.is_displayed()][0].find_element(By.CSS_SELECTOR, ".dt-column-order")
+    order = next(h for h in headers if h.is_displayed()).find_element(By.CSS_SELECTOR, ".dt-column-order")
     order.click()  # ascending
     order.click()  # descending: the best cell first
     wait_for(lambda: first_row() != before)
