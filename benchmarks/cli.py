@@ -121,7 +121,7 @@ def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: 
         if r and r["status"] != "ok":
             cfg = r["config"]
             print(f"failed: {cfg['model']} {cfg['method']} W{cfg['w_bits']}A{cfg['a_bits']}: {r['error']} "
-                  f"(attempt kept in {store.root / 'cells' / cfg['task'] / (r['key'] + '.failed.json')})",
+                  f"(attempt kept in {store.failed_path(Cell.from_config(cfg))})",
                   file=sys.stderr)
     return records
 

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from filelock import FileLock
 
 from benchmarks.provenance import code_fingerprint, is_dirty, record_fingerprint
 from benchmarks.store import ResultStore
@@ -153,21 +152,19 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_mixed_bits(frame: pd.DataFrame, cells: Path, path: Path) -> None:
+def plot_mixed_bits(frame: pd.DataFrame, store: ResultStore, path: Path) -> None:
     """Per-layer weight and activation bits of every mixed-precision row, from the quantizer
     state stored beside its record (one panel each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from safetensors import safe_open
 
     mixed = frame[frame["precision"].str.startswith("MP-")]
     if mixed.empty:
         return
     fig, axes = plt.subplots(len(mixed), 1, figsize=(12, 2.2 * len(mixed)), squeeze=False)
     for ax, row in zip(axes[:, 0], mixed.itertuples(), strict=True):
-        with safe_open(str(cells / f"{row.config_key}.quant.safetensors"), "pt") as f:
-            bits = {k.removesuffix(".bits"): int(f.get_tensor(k)) for k in f.keys() if k.endswith(".bits")}
+        bits = store.bits(row.task, row.config_key)
         for kind, marker in (("weight", "s"), ("activation", "o")):
             names = [n for n in bits if n.endswith(".weight") == (kind == "weight")]
             ax.plot(range(len(names)), [bits[n] for n in names], marker=marker, linestyle="none", label=kind)
@@ -184,9 +181,7 @@ def plot_mixed_bits(frame: pd.DataFrame, cells: Path, path: Path) -> None:
 def write_csv(store: ResultStore, task: str) -> Path:
     """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png, under a
     lock so that concurrent runs never interleave their rebuilds."""
-    lock = store.root / "locks" / "leaderboard.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock):
+    with store.lock("leaderboard"):
         return _write_csv(store, task)
 
 
@@ -198,5 +193,5 @@ def _write_csv(store: ResultStore, task: str) -> Path:
     atomic_write_text(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
     atomic_write_text(store.root / f"{task}.md", markdown(summ))
     plot(summ, store.root / "plots" / f"{task}.png")
-    plot_mixed_bits(frame, store.root / "cells" / task, store.root / "plots" / f"{task}_mp_bits.png")
+    plot_mixed_bits(frame, store, store.root / "plots" / f"{task}_mp_bits.png")
     return path

@@ -109,7 +109,7 @@ def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, 
     name = f"{cell.task} {cell.model} {cell.method} {cell.precision} seed={cell.seed}"
     if dist.is_initialized():  # every rank computes (evaluation is sharded), rank 0 stores
         return _compute_and_store(cell, options, store, name)
-    with store.lock(cell):
+    with store.lock(cell.key):
         if store.done(cell) and not options.force:
             log.info("%s: finished by another process", name)
             return store.load(cell)
@@ -148,7 +148,8 @@ def run_cells(cells: Iterable[Cell], options: RunOptions, store: ResultStore | N
     one when it ran (a failed attempt included), else the stored one."""
     store = store or ResultStore()
     cells = list(cells)
-    redo = (lambda c: True) if options.force else (lambda c: c.key in only) if only is not None else (lambda c: False)
+    def redo(c: Cell) -> bool:
+        return options.force or (only is not None and c.key in only)
     todo = list({c.key: c for c in cells if redo(c) or not store.done(c)}.values())
     log.info("%d cells, %d finished, %d to run", len(cells), len(cells) - len(todo), len(todo))
     # a cell to recompute is forced; any other is skipped if another process finished it meanwhile

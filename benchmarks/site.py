@@ -44,7 +44,7 @@ def _json(value: object) -> str:
     return html.escape(json.dumps(value, indent=1, sort_keys=True))
 
 
-def _cell_page(record: dict, row: pd.Series, site: Path, cells: Path) -> None:
+def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore) -> None:
     """The detail page of one row: configuration, versions, report, images, per-layer bits."""
     title = f"{row['model']} · {row['method']} · {row['precision']} · seed {row['seed']}"
     parts = [f"<h1>{html.escape(title)}</h1>",
@@ -54,11 +54,8 @@ def _cell_page(record: dict, row: pd.Series, site: Path, cells: Path) -> None:
              "<h2>report</h2><pre>" + _json(record["report"]) + "</pre>"]
     if isinstance(row["gallery"], str):
         parts.append(f'<h2>synthetic images</h2><img class="gallery" src="../../{row["gallery"]}">')
-    state = cells / f"{record['key']}.quant.safetensors"
-    if state.is_file():
-        from safetensors import safe_open
-        with safe_open(str(state), "pt") as f:
-            bits = {k.removesuffix(".bits"): int(f.get_tensor(k)) for k in f.keys() if k.endswith(".bits")}
+    bits = store.bits(row["task"], record["key"])
+    if bits is not None:
         parts.append("<h2>bits per quantizer</h2>" + pd.Series(bits, name="bits").to_frame().to_html())
     page = "<!doctype html><meta charset='utf-8'><title>cell</title><body>" + "\n".join(parts) + "</body>"
     atomic_write_text(site / "cells" / f"{record['key']}.html", page)
@@ -70,7 +67,7 @@ def _section(store: ResultStore, task: str, site: Path) -> str:
         return f"<h2 id='{task}'>{task}</h2><p>no finished cells</p>"
     records = {r["key"]: r for r in store.records(task)}
     for _, row in frame.iterrows():
-        _cell_page(records[row["config_key"]], row, site, store.root / "cells" / task)
+        _cell_page(records[row["config_key"]], row, site, store)
     rows = frame.assign(cell=frame["config_key"].map(lambda k: f'<a href="cells/{k}.html">{k}</a>'))[ROW_COLUMNS]
     summ = leaderboard.summary(frame)
     shown = summ.assign(quant=summ.apply(lambda r: f"{r.quant_mean:.2f} ± {r.quant_std:.2f}" if r.seeds > 1

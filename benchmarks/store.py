@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from benchmarks.cell import Cell
@@ -42,9 +43,22 @@ class ResultStore:
     def failed_path(self, cell: Cell) -> Path:
         return self.path(cell).with_name(cell.key + FAILED)
 
-    def lock(self, cell: Cell) -> FileLock:
-        """Held while a process computes ``cell``; lock files live under <root>/locks, untracked."""
-        path = self.root / "locks" / f"{cell.key}.lock"
+    def state_path(self, task: str, key: str) -> Path:
+        """The quantizer state (bits, scales, zero points) of a good record."""
+        return self.root / "cells" / task / f"{key}.quant.safetensors"
+
+    def bits(self, task: str, key: str) -> dict[str, int] | None:
+        """Bits of every quantizer of a good record, by name, from its stored state (None: no state)."""
+        path = self.state_path(task, key)
+        if not path.is_file():
+            return None
+        with safe_open(str(path), "pt") as f:
+            return {k.removesuffix(".bits"): int(f.get_tensor(k)) for k in f.keys() if k.endswith(".bits")}
+
+    def lock(self, name: str) -> FileLock:
+        """A lock under <root>/locks (untracked): one per cell key while it is computed, one for
+        the leaderboard rebuild."""
+        path = self.root / "locks" / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(path)
 
@@ -62,7 +76,7 @@ class ResultStore:
         record = {"key": cell.key, "config": cell.config(), **record}
         state = record.pop("quant_state", None)
         if state and record["status"] == "ok":  # bits, scales, zero points: <key>.quant.safetensors
-            state_path = self.path(cell).with_name(f"{cell.key}.quant.safetensors")
+            state_path = self.state_path(cell.task, cell.key)
             atomic_write(state_path, lambda tmp: save_file(state, tmp))
             record["quant_state"] = state_path.name
         path = self.path(cell) if record["status"] == "ok" else self.failed_path(cell)
@@ -88,9 +102,7 @@ class ResultStore:
         """The record in ``path`` if it is a valid record of ``key``, else None."""
         try:
             return self._parse(path, key)
-        except FileNotFoundError:
-            return None
-        except ValueError:
+        except (FileNotFoundError, ValueError):
             return None
 
     @staticmethod
