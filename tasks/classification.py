@@ -1,4 +1,5 @@
-"""Image classification with timm models: ImageNet at paper scale, Fashion-MNIST at micro scale."""
+"""Image classification with timm models: ImageNet at paper scale, Fashion-MNIST for the micro
+models and the pretrained tier."""
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 import tasks.micro.models as zoo
+import tasks.pretrained.models as pretrained
 from clamp.task import InputSpec
 from tasks.micro import fashion_mnist
 
@@ -36,7 +38,7 @@ def _subset(n_total: int, n: int | None, seed: int) -> torch.Tensor:
 
 
 class ClassificationTask:
-    """timm classifier by pretrained tag (or a micro model), evaluated by top-1/top-5 accuracy."""
+    """timm classifier by pretrained tag (or a micro or pretrained-tier model), evaluated by top-1/top-5."""
 
     name = "classification"
     metric = "top1"
@@ -45,17 +47,19 @@ class ClassificationTask:
     def __init__(self, model_id: str, *, data_root: str | None = None, checkpoint: str | None = None,
                  device: str | torch.device = "cpu", n_eval: int | None = None, batch_size: int = 250) -> None:
         if not timm.is_model(model_id.split(".")[0]):
-            raise ValueError(f"unknown model {model_id!r}: use a timm tag such as {PAPER_MODELS[0]} "
-                             f"or a micro model ({', '.join(zoo.MICRO_MODELS)})")
+            raise ValueError(f"unknown model {model_id!r}: use a timm tag such as {PAPER_MODELS[0]}, a micro "
+                             f"model ({', '.join(zoo.MICRO_MODELS)}) or {pretrained.NAME}")
         self.model_id, self.checkpoint = model_id, checkpoint
         self.device, self.n_eval, self.batch_size = torch.device(device), n_eval, batch_size
-        self.micro = model_id.split(".")[0] in zoo.MICRO_MODELS
-        self.data_root = None if self.micro else self._imagenet_root(data_root)
+        base = model_id.split(".")[0]
+        self.micro = base in zoo.MICRO_MODELS
+        self.fmnist = self.micro or base in pretrained.PRETRAINED_MODELS  # evaluated on Fashion-MNIST
+        self.data_root = None if self.fmnist else self._imagenet_root(data_root)
         self._model: nn.Module | None = None
 
     def check_data(self) -> None:
         """Fail with one line if the evaluation or calibration data cannot be read."""
-        if self.micro:
+        if self.fmnist:
             fashion_mnist.check()
 
     @staticmethod
@@ -75,7 +79,7 @@ class ClassificationTask:
                 if not Path(self.checkpoint).is_file():
                     raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist: pass an existing file")
                 overlay = {"file": self.checkpoint}
-            elif not self.micro:
+            elif not self.fmnist:
                 overlay = {"file": self._cached_weights()}
             try:
                 model = timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay=overlay)
@@ -87,15 +91,22 @@ class ClassificationTask:
 
     @cached_property
     def weights_id(self) -> str:
-        """sha256 of the weight file (micro checkpoint, --checkpoint, or the HF cache's file)."""
+        """sha256 of the weight files (micro checkpoint, --checkpoint, the pretrained tier's backbone
+        and head, or the HF cache's file)."""
         if self.checkpoint:
-            path = self.checkpoint
+            paths = [self.checkpoint]
         elif self.micro:
-            path = zoo.checkpoint_path(self.model_id.split(".")[0])
+            paths = [zoo.checkpoint_path(self.model_id.split(".")[0])]
+        elif self.fmnist:
+            paths = pretrained.weight_files()
         else:
-            path = self._cached_weights()
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+            paths = [self._cached_weights()]
+        digests = []
+        for path in paths:
+            with open(path, "rb") as f:
+                digests.append(hashlib.file_digest(f, "sha256").hexdigest())
+        combined = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+        return combined[:16]
 
     def _cached_weights(self) -> str:
         """The model's weight file in the local Hugging Face cache, or a one-line error."""
@@ -135,13 +146,13 @@ class ClassificationTask:
         """(images, labels) batches of a split in the model's own eval preprocessing; ``shard``
         (rank, world size) keeps every world-th image for distributed evaluation."""
         rank, world = shard
-        if self.micro:
+        if self.fmnist:
             images, labels = fashion_mnist.load_split(split)
             idx = _subset(len(images), n, seed)[rank::world]
-            size = self.input_spec.shape[-1]
+            spec = self.input_spec
             for i in range(0, len(idx), self.batch_size):
                 j = idx[i:i + self.batch_size]
-                yield fashion_mnist.to_model_input(images[j], size), labels[j]
+                yield fashion_mnist.to_model_input(images[j], spec.shape[-1], spec.mean, spec.std), labels[j]
             return
         folder = self.data_root / ("val" if split == "test" else "train")
         if not folder.is_dir():
@@ -161,7 +172,7 @@ class ClassificationTask:
         model.eval()
         shard = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         counts = torch.zeros(3, dtype=torch.float64)  # correct top-1, correct top-5, images
-        total = self.n_eval or (10000 if self.micro else 50000)
+        total = self.n_eval or (10000 if self.fmnist else 50000)
         with tqdm(total=total // shard[1], desc=f"eval {self.model_id}", unit="img", leave=False,
                   disable=None) as bar:
             for x, y in self._batches("test", self.n_eval, seed=0, shard=shard):

@@ -159,3 +159,34 @@ def test_unknown_family_fails_with_one_line():
 
     with pytest.raises(ValueError, match="reference layout has no adapter for Custom"):
         quantize_model(Custom(), QuantConfig())
+
+
+def test_layerscale_branch_quantized_as_if_folded():
+    """A LayerScale block (DINOv2) quantizes each branch after its scale: the same model as one
+    with γ folded into proj and fc2 (per-channel symmetric weights scale with γ exactly)."""
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    scaled = timm.models.VisionTransformer(**args, init_values=0.5).eval()
+    for p in (scaled.head.weight, scaled.cls_token, scaled.pos_embed):  # timm initialises these near zero
+        p.data.normal_()
+    for block in scaled.blocks:
+        for ls in (block.ls1, block.ls2):
+            ls.gamma.data.uniform_(0.05, 2.0).mul_(torch.randint(0, 2, (32,)) * 2 - 1)  # signs too
+    folded = timm.models.VisionTransformer(**args).eval()
+    state = scaled.state_dict()
+    for i in range(2):
+        for ls, layer in (("ls1", "attn.proj"), ("ls2", "mlp.fc2")):
+            gamma = state.pop(f"blocks.{i}.{ls}.gamma")
+            state[f"blocks.{i}.{layer}.weight"] = gamma[:, None] * state[f"blocks.{i}.{layer}.weight"]
+            state[f"blocks.{i}.{layer}.bias"] = gamma * state[f"blocks.{i}.{layer}.bias"]
+    folded.load_state_dict(state)
+    names = activation_names(quantize_model(scaled, QuantConfig()))
+    assert {"blocks.0.ls1.out", "blocks.0.ls2.out"} <= names
+    assert not {"blocks.0.attn.proj.out", "blocks.0.mlp.fc2.out"} & names
+    assert len(names) == 7 + 2 * 10
+    calib, x = torch.randn(16, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        got, expected = (calibrate(quantize_model(m, QuantConfig(BitPlan(4, 4))), calib.split(8))(x)
+                         for m in (scaled, folded))
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+    assert (got.argmax(-1) == expected.argmax(-1)).all()

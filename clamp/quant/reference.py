@@ -83,9 +83,10 @@ def join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def attention_sites(attn: nn.Module, name: str, make: MakeQuantizer) -> None:
+def attention_sites(attn: nn.Module, name: str, make: MakeQuantizer, proj_out: bool = True) -> None:
     """qkv output, scaled scores, attn·v (the input of proj: per tensor, the same values as the
-    product before its head merge) and proj output; Swin also the bias table and biased scores."""
+    product before its head merge) and proj output (unless the block quantizes the branch after a
+    LayerScale instead); Swin also the bias table and biased scores."""
     if not isinstance(attn, QuantAttentionBase):
         raise ValueError(f"attention {type(attn).__name__} at {name} has no adapter: the reference layout "
                          "cannot quantize it")
@@ -93,7 +94,8 @@ def attention_sites(attn: nn.Module, name: str, make: MakeQuantizer) -> None:
     attn.matmul_qk.out_quant = make(join(name, "scores"))
     quantize_output(fp.qkv, make(join(name, "qkv.out")))
     quantize_input(fp.proj, make(join(name, "av")))
-    quantize_output(fp.proj, make(join(name, "proj.out")))
+    if proj_out:
+        quantize_output(fp.proj, make(join(name, "proj.out")))
     if attn.windowed:
         attn.table_quant = make(join(name, "table"))
         attn.bias_quant = make(join(name, "scores_bias"))
@@ -129,13 +131,29 @@ class RefViTBlock(Block):
         return self.res2(x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
 
 
+def _block_sites(block: nn.Module, name: str, make: MakeQuantizer, ref: type[nn.Module]) -> None:
+    """A pre-norm block (timm ViT or Swin): norm1, attention, norm2, MLP, both residual sums.
+
+    With LayerScale (DINOv2, CaiT; PSAQ-ViT's models have none) each branch is quantized after its
+    scale, where it joins the residual, instead of at proj's and fc2's outputs: the same as folding
+    γ into proj and fc2, which per-channel symmetric weight quantization allows exactly."""
+    scaled = not isinstance(getattr(block, "ls1", nn.Identity()), nn.Identity)
+    quantize_output(block.norm1, make(join(name, "norm1.out")))
+    attention_sites(block.attn, join(name, "attn"), make, proj_out=not scaled)
+    if scaled:
+        quantize_output(block.ls1, make(join(name, "ls1.out")))
+    quantize_output(block.norm2, make(join(name, "norm2.out")))
+    if scaled:
+        quantize_output(block.mlp.act, make(join(name, "mlp.act.out")))
+        quantize_output(block.ls2, make(join(name, "ls2.out")))
+    else:
+        mlp_sites(block.mlp.act, block.mlp.fc2, join(name, "mlp"), make)
+    swap_class(block, ref, res1=make(join(name, "res1")), res2=make(join(name, "res2")))
+
+
 @register_block_sites(Block)
 def _vit_block(block: Block, name: str, make: MakeQuantizer) -> None:
-    quantize_output(block.norm1, make(join(name, "norm1.out")))
-    attention_sites(block.attn, join(name, "attn"), make)
-    quantize_output(block.norm2, make(join(name, "norm2.out")))
-    mlp_sites(block.mlp.act, block.mlp.fc2, join(name, "mlp"), make)
-    swap_class(block, RefViTBlock, res1=make(join(name, "res1")), res2=make(join(name, "res2")))
+    _block_sites(block, name, make, RefViTBlock)
 
 
 def _embed(model: nn.Module, x: torch.Tensor, prefix_tokens: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
@@ -191,11 +209,7 @@ class RefSwinBlock(SwinTransformerBlock):
 
 @register_block_sites(SwinTransformerBlock)
 def _swin_block(block: SwinTransformerBlock, name: str, make: MakeQuantizer) -> None:
-    quantize_output(block.norm1, make(join(name, "norm1.out")))
-    attention_sites(block.attn, join(name, "attn"), make)
-    quantize_output(block.norm2, make(join(name, "norm2.out")))
-    mlp_sites(block.mlp.act, block.mlp.fc2, join(name, "mlp"), make)
-    swap_class(block, RefSwinBlock, res1=make(join(name, "res1")), res2=make(join(name, "res2")))
+    _block_sites(block, name, make, RefSwinBlock)
 
 
 @register_block_sites(PatchMerging)

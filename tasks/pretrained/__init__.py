@@ -1,0 +1,1 @@
+"""The pretrained tier: real large-scale-pretrained backbones that install offline."""
