@@ -31,8 +31,9 @@ class ImageCalibration:
         raise NotImplementedError
 
     def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
-        images = self.images(task, seed).to(task.device)
-        return ptq(task, model, config, images), {"calibration": f"{self.name}:{self.n}", "n_calib": self.n}
+        images = self.images(task, seed).to(task.device)  # fewer than n where the split holds fewer
+        return ptq(task, model, config, images), {"calibration": f"{self.name}:{len(images)}",
+                                                  "n_calib": len(images)}
 
 
 class RealData(ImageCalibration):

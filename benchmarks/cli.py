@@ -28,7 +28,9 @@ from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
 from clamp.cache import cache_dir
 from clamp.registry import available_methods, make_method
+from clamp.task import RANDOM_WEIGHTS
 from tasks import TASKS, make_task, task_class
+from tasks.weights import offline
 
 
 def known_models(task: str) -> list[str]:
@@ -41,6 +43,16 @@ def known_models(task: str) -> list[str]:
         return [*MICRO_MODELS, *PRETRAINED_MODELS, *PAPER_MODELS]
     cls = task_class(task)
     return [*cls.micro_models, *cls.paper_models]
+
+
+def _dict_action() -> type[argparse.Action]:
+    """mmengine's DictAction, the parser of the mm tools' --cfg-options (imported when the parser is
+    built: mmengine comes with the mm extra)."""
+    try:
+        from mmengine.config import DictAction
+    except ImportError:
+        return argparse._StoreAction  # without mmengine there is no mm task to configure
+    return DictAction
 
 
 def _keyvalue(value: str) -> tuple[str, object]:
@@ -85,8 +97,8 @@ def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> Non
     for method, opts in {(c.method, json.dumps(c.method_options, sort_keys=True)) for c in cells}:
         make_method(method, **json.loads(opts))
     for cell in {(c.task, c.model, c.n_eval, json.dumps(c.task_options, sort_keys=True)): c for c in cells}.values():
-        task = make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
-                         n_eval=cell.n_eval, **cell.task_options)
+        kwargs = {**options.task_kwargs(cell.model), "device": "cpu"}  # nothing is moved here
+        task = make_task(cell.task, cell.model, n_eval=cell.n_eval, **kwargs, **cell.task_options)
         task.check_data()
         task.build_model()  # weights present and loadable
 
@@ -101,19 +113,41 @@ def _store(args: argparse.Namespace, personal: bool) -> ResultStore:
     return ResultStore()
 
 
-def _with_weights(cells: list[Cell], checkpoint: str | None) -> list[Cell]:
-    """Cells computed on a --checkpoint carry its fingerprint: other weights, another cell."""
-    if not checkpoint:
-        return cells
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: pass an existing file")
-    with open(checkpoint, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    return [dataclasses.replace(c, weights=digest) for c in cells]
+def _checkpoints(args: argparse.Namespace, suite: dict | None = None) -> dict[str, str]:
+    """Model -> weights: the suite's ``checkpoints`` table, then each --checkpoint (PATH for every
+    model, MODEL=PATH for one, ``random`` for the architecture at a fixed random init)."""
+    table = dict((suite or {}).get("checkpoints", {}))
+    for value in args.checkpoint:
+        model, sep, path = value.partition("=")
+        table[model if sep else "*"] = path if sep else value
+    return table
 
 
-def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: set[str] | None = None) -> list[dict]:
-    options = RunOptions(device=args.device, data_root=args.data_root, checkpoint=args.checkpoint, force=args.force)
+def _with_weights(cells: list[Cell], checkpoints: dict[str, str]) -> list[Cell]:
+    """Cells computed on other weights than the published ones carry their fingerprint: other
+    weights, another cell."""
+    digests: dict[str, str] = {}
+    out = []
+    for cell in cells:
+        path = checkpoints.get(cell.model, checkpoints.get("*"))
+        if path and path not in digests:
+            if path == RANDOM_WEIGHTS:
+                digests[path] = RANDOM_WEIGHTS
+            elif not Path(path).is_file():
+                raise FileNotFoundError(f"checkpoint {path} does not exist: pass an existing file")
+            else:
+                with open(path, "rb") as f:
+                    digests[path] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        out.append(dataclasses.replace(cell, weights=digests[path]) if path else cell)
+    return out
+
+
+def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: set[str] | None = None,
+         checkpoints: dict[str, str] | None = None) -> list[dict]:
+    checkpoints = _checkpoints(args) if checkpoints is None else checkpoints
+    cells = _with_weights(cells, checkpoints)
+    options = RunOptions(device=args.device, data_root=args.data_root, checkpoints=checkpoints, force=args.force,
+                         batch_size=args.batch_size, workers=args.workers)
     _validate(cells, options, store)
     executor = make_executor(args.executor, partition=args.partition, gpus=args.gpus, timeout_min=args.timeout_min)
     records = run_cells(cells, options, store, executor, only)
@@ -146,6 +180,27 @@ def compare(args: argparse.Namespace) -> None:
     print(means.round(2).to_string())
 
 
+def fetch(args: argparse.Namespace) -> int:
+    """Fill the libraries' caches with the published weights of every model of a suite (run online,
+    before a run on a machine without network); offline, one line per missing file and its source."""
+    suite = suites.load_suite(args.name)
+    checkpoints = _checkpoints(args, suite)
+    missing = 0
+    for task, model in sorted({(c.task, c.model) for c in suites.expand(suite)}):
+        given = checkpoints.get(model, checkpoints.get("*"))
+        weights = None if given else task_class(task).weight_file(model)
+        if given or weights is None:
+            print(f"given    {model}: {given or 'committed with the repository'}")
+        elif weights.cached:
+            print(f"cached   {model}: {weights.path}")
+        elif offline():
+            missing += 1
+            print(f"missing  {model}: {weights.path or 'the Hugging Face hub cache'} (from {weights.source})")
+        else:
+            print(f"fetched  {model}: {weights.fetch()}")
+    return 1 if missing else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clamp-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     common.add_argument("--data-root", help="dataset folder: ImageNet (train/, val/), COCO (val2017/, annotations/) "
                                             "or ADE20K (ADEChallengeData2016)")
-    common.add_argument("--checkpoint", help="weights file for the model instead of the local HF / torch hub cache")
+    common.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
+                        help="weights file instead of the published weights: PATH for every model, MODEL=PATH for "
+                             "one (repeatable), or `random` for a fixed random init (smoke runs)")
+    common.add_argument("--batch-size", type=int, help="evaluation batch size (classification and the micro mm models; "
+                                                       "paper mm models are evaluated one image at a time)")
+    common.add_argument("--workers", type=int, help="data-loading worker processes (default: 4; micro: 0)")
     common.add_argument("--force", action="store_true",
                         help="recompute cells that are already stored (a failed recompute keeps the stored record)")
     common.add_argument("--results-dir", help="where records and CSVs go (default: $CLAMP_RESULTS, else results/ "
@@ -182,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
                      help="layout (reference, the default, or inputs), w_observer, a_observer; with layout=inputs "
                           "also symmetric, softmax_quant")
     one.add_argument("--task-option", **option, help="task option (JSON value), e.g. quant_neck=true for mm tasks")
+    one.add_argument("--cfg-options", nargs="+", action=_dict_action(), default={}, metavar="KEY=VALUE",
+                     help="mm tasks: dotted config keys to override, parsed as mmengine's tools parse them "
+                          "(model.test_cfg.rcnn.score_thr=0.01); recorded in the cell's task options")
 
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
@@ -197,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
 
     board = sub.add_parser("leaderboard", help="rebuild results/<task>.csv, summaries, tables, plots, published report")
     board.add_argument("--results-dir", help="the results folder (default: $CLAMP_RESULTS, else results/)")
+    get = sub.add_parser("fetch", help="download the published weights of a suite's models into the libraries' "
+                                       "caches (offline: list what is missing and where it comes from)")
+    get.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
+    get.add_argument("--checkpoint", action="append", default=[], metavar="[MODEL=]PATH",
+                     help="models given a file need nothing fetched")
     listing = sub.add_parser("list", help="list tasks, methods and suites")
     listing.add_argument("--models", action="store_true", help="list every model each task knows instead")
 
@@ -207,12 +275,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         if args.command == "run":
+            task_options = dict(args.task_option)
+            if args.cfg_options:
+                task_options["cfg_options"] = dict(args.cfg_options)
             cells = [Cell(args.task, args.model, args.method, args.w_bits, args.a_bits, args.seed, args.mixed,
-                          args.n_eval, dict(args.option), dict(args.quant_option), dict(args.task_option))]
-            records = _run(_with_weights(cells, args.checkpoint), args, _store(args, personal=True))
+                          args.n_eval, dict(args.option), dict(args.quant_option), task_options)]
+            records = _run(cells, args, _store(args, personal=True))
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "suite":
-            cells = _with_weights(suites.expand(suites.load_suite(args.name)), args.checkpoint)
+            suite = suites.load_suite(args.name)
+            checkpoints = _checkpoints(args, suite)
+            cells = _with_weights(suites.expand(suite), checkpoints)
             store = _store(args, personal=False)
             plan = dry_run.plan(cells, store)
             only = {c.key for c in plan.stale} if args.stale else None
@@ -222,10 +295,12 @@ def main(argv: list[str] | None = None) -> None:
             if not (args.force or args.stale or plan.to_run):
                 print(plan.all_finished(args.name, store))
                 return
-            records = _run(cells, args, store, only)
+            records = _run(cells, args, store, only, checkpoints)
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "compare":
             compare(args)
+        if args.command == "fetch":
+            sys.exit(fetch(args))
         if args.command == "leaderboard":
             store = _store(args, personal=False)
             for task in TASKS:

@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,8 +38,18 @@ class RunOptions:
 
     device: str | None = None  # default: cuda when available
     data_root: str | None = None
-    checkpoint: str | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)  # model (or "*": every model) -> file or "random"
     force: bool = False
+    batch_size: int | None = None  # evaluation batch (default: the task's)
+    workers: int | None = None  # data-loading processes (default: the task's)
+
+    def checkpoint(self, model: str) -> str | None:
+        return self.checkpoints.get(model, self.checkpoints.get("*"))
+
+    def task_kwargs(self, model: str) -> dict:
+        """How a task adapter runs: device, data, weights, loader; never part of a result."""
+        loader = {k: v for k, v in (("batch_size", self.batch_size), ("workers", self.workers)) if v is not None}
+        return dict(device=self.torch_device, data_root=self.data_root, checkpoint=self.checkpoint(model), **loader)
 
     @property
     def torch_device(self) -> torch.device:
@@ -73,8 +83,7 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
     """Compute one cell and return its record (not stored; ``quant_state`` holds tensors, which the
     store writes to a safetensors file beside the record)."""
     device = options.torch_device
-    task = make_task(cell.task, cell.model, data_root=options.data_root, checkpoint=options.checkpoint,
-                     device=device, n_eval=cell.n_eval, **cell.task_options)
+    task = make_task(cell.task, cell.model, n_eval=cell.n_eval, **options.task_kwargs(cell.model), **cell.task_options)
     method = make_method(cell.method, **cell.method_options)
     model = task.build_model()
     fp = _fp_metrics(task, cell, options)

@@ -2,7 +2,8 @@
 
 A suite has a ``task`` and one or more ``[[group]]`` tables; each group is the product of its
 ``models`` x ``methods`` x ``precisions`` x ``seeds`` with optional ``method_options``
-(per method name), ``quant_options``, ``task_options`` and ``n_eval``. Top-level keys are defaults for groups.
+(per method name), ``quant_options``, ``task_options`` and ``n_eval``. Top-level keys are defaults for groups;
+a top-level ``checkpoints`` table names a weights file per model (paths relative to the suite file).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cell import Cell, parse_precision
+from clamp.task import RANDOM_WEIGHTS
 
 SUITES = Path(__file__).parent / "suites"
 GROUP_KEYS = {"models", "methods", "precisions", "seeds", "method_options", "quant_options", "task_options",
@@ -30,7 +32,11 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
         raise ValueError(f"unknown suite {name_or_path!r}: "
                          f"choose one of {', '.join(available_suites())} or a .toml path")
     with path.open("rb") as f:
-        return tomllib.load(f)
+        suite = tomllib.load(f)
+    suite["checkpoints"] = {model: (file if file == RANDOM_WEIGHTS
+                                   else str((path.parent / Path(file).expanduser()).resolve()))
+                            for model, file in suite.get("checkpoints", {}).items()}
+    return suite
 
 
 LIST_KEYS = ("models", "methods", "precisions", "seeds")

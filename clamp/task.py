@@ -13,6 +13,8 @@ from torch import nn
 
 from clamp.generate.contrastive import local_contrastive_loss
 
+RANDOM_WEIGHTS = "random"  # a checkpoint value: the architecture at its random init (smoke runs, no download)
+
 
 @dataclass(frozen=True)
 class InputSpec:

@@ -11,7 +11,6 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from huggingface_hub import try_to_load_from_cache
 from timm.data import create_dataset, create_transform, resolve_data_config
 from timm.utils import accuracy
 from torch import nn
@@ -19,8 +18,9 @@ from tqdm import tqdm
 
 import tasks.micro.models as zoo
 import tasks.pretrained.models as pretrained
-from clamp.task import InputSpec
+from clamp.task import RANDOM_WEIGHTS, InputSpec
 from tasks.micro import fashion_mnist
+from tasks.weights import WeightFile, hub_file
 
 IMAGENET_ENV = "CLAMP_IMAGENET"
 PAPER_MODELS = (
@@ -45,12 +45,13 @@ class ClassificationTask:
     quant_exclude: tuple[str, ...] = ()  # the classifier head is quantized like the backbone
 
     def __init__(self, model_id: str, *, data_root: str | None = None, checkpoint: str | None = None,
-                 device: str | torch.device = "cpu", n_eval: int | None = None, batch_size: int = 250) -> None:
+                 device: str | torch.device = "cpu", n_eval: int | None = None, batch_size: int = 250,
+                 workers: int = 4) -> None:
         if not timm.is_model(model_id.split(".")[0]):
             raise ValueError(f"unknown model {model_id!r}: use a timm tag such as {PAPER_MODELS[0]}, a micro "
                              f"model ({', '.join(zoo.MICRO_MODELS)}) or {pretrained.NAME}")
         self.model_id, self.checkpoint = model_id, checkpoint
-        self.device, self.n_eval, self.batch_size = torch.device(device), n_eval, batch_size
+        self.device, self.n_eval, self.batch_size, self.workers = torch.device(device), n_eval, batch_size, workers
         base = model_id.split(".")[0]
         self.micro = base in zoo.MICRO_MODELS
         self.fmnist = self.micro or base in pretrained.PRETRAINED_MODELS  # evaluated on Fashion-MNIST
@@ -71,18 +72,20 @@ class ClassificationTask:
         return Path(root)
 
     def build_model(self) -> nn.Module:
-        """The FP model with its pretrained weights: the micro checkpoint, a checkpoint file, or
-        the local Hugging Face cache. Nothing is ever downloaded here."""
+        """The FP model with its pretrained weights: the micro checkpoint, a checkpoint file, the
+        Hugging Face cache (downloaded first when online), or none (``random``)."""
         if self._model is None:
-            overlay = None
-            if self.checkpoint:
+            overlay, pretrained = None, self.checkpoint != RANDOM_WEIGHTS
+            if self.checkpoint and pretrained:
                 if not Path(self.checkpoint).is_file():
                     raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist: pass an existing file")
                 overlay = {"file": self.checkpoint}
-            elif not self.fmnist:
-                overlay = {"file": self._cached_weights()}
+            elif not self.checkpoint and not self.fmnist:
+                overlay = {"file": str(self.weight_file(self.model_id).fetch())}
             try:
-                model = timm.create_model(self.model_id, pretrained=True, pretrained_cfg_overlay=overlay)
+                with torch.random.fork_rng():  # one fixed init: "random" names one set of weights
+                    torch.manual_seed(0)
+                    model = timm.create_model(self.model_id, pretrained=pretrained, pretrained_cfg_overlay=overlay)
             except Exception as err:  # corrupt or mismatched weights of any format
                 raise RuntimeError(f"cannot load weights for {self.model_id} ({err}): "
                                    "pass a matching --checkpoint") from err
@@ -93,6 +96,8 @@ class ClassificationTask:
     def weights_id(self) -> str:
         """sha256 of the weight files (micro checkpoint, --checkpoint, the pretrained tier's backbone
         and head, or the HF cache's file)."""
+        if self.checkpoint == RANDOM_WEIGHTS:
+            return RANDOM_WEIGHTS
         if self.checkpoint:
             paths = [self.checkpoint]
         elif self.micro:
@@ -100,7 +105,7 @@ class ClassificationTask:
         elif self.fmnist:
             paths = pretrained.weight_files()
         else:
-            paths = [self._cached_weights()]
+            paths = [self.weight_file(self.model_id).fetch()]
         digests = []
         for path in paths:
             with open(path, "rb") as f:
@@ -108,16 +113,17 @@ class ClassificationTask:
         combined = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
         return combined[:16]
 
-    def _cached_weights(self) -> str:
-        """The model's weight file in the local Hugging Face cache, or a one-line error."""
-        hub_id = timm.models.get_pretrained_cfg(self.model_id).hf_hub_id
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            path = try_to_load_from_cache(hub_id, filename) if hub_id else None
-            if isinstance(path, str):
-                return path
-        raise RuntimeError(f"weights for {self.model_id} are not in the local Hugging Face cache: pass "
-                           f"--checkpoint PATH, or fetch them once online with timm.create_model('{self.model_id}', "
-                           "pretrained=True)")
+    @staticmethod
+    def weight_file(model_id: str) -> WeightFile | None:
+        """The published weights of a timm tag on the Hugging Face hub (None: they ship with the repo)."""
+        base = model_id.split(".")[0]
+        if base in zoo.MICRO_MODELS or base in pretrained.PRETRAINED_MODELS:
+            return None
+        cfg = timm.models.get_pretrained_cfg(model_id)
+        if cfg is None or not cfg.hf_hub_id:
+            raise ValueError(f"{model_id} has no published weights on the Hugging Face hub in timm: use a tag "
+                             f"such as {PAPER_MODELS[0]} or pass --checkpoint PATH")
+        return hub_file(model_id, cfg.hf_hub_id)
 
     @property
     def data_config(self) -> dict:
@@ -159,7 +165,7 @@ class ClassificationTask:
             raise FileNotFoundError(f"{folder} does not exist: ImageNet needs train/ and val/ class subfolders")
         dataset = create_dataset("", root=str(folder), transform=create_transform(**self.data_config))
         subset = torch.utils.data.Subset(dataset, _subset(len(dataset), n, seed)[rank::world].tolist())
-        yield from torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=4)
+        yield from torch.utils.data.DataLoader(subset, batch_size=self.batch_size, num_workers=self.workers)
 
     def real_images(self, n: int, seed: int) -> torch.Tensor:
         """``n`` random training images (the real-data oracle's calibration set)."""

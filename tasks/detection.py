@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from clamp.cache import atomic_write_text, cache_dir, config_key
-from tasks import mm_layout  # noqa: F401  (registers the mmdet Swin attention adapter and reference sites)
+from tasks import mm_layout, swin_keys  # noqa: F401  (registers the mmdet Swin attention adapter and reference sites)
 from tasks.mm import MMTask
 
 COCO_ENV = "CLAMP_COCO"
@@ -29,9 +29,14 @@ class DetectionTask(MMTask):
                     "cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco",
                     "cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-crop-3x_coco")
 
-    def _config_path(self, model_id: str) -> Path:
+    @classmethod
+    def _config_path(cls, model_id: str) -> Path:
         repo = REPO_CONFIGS / f"{model_id}.py"  # Cascade Mask R-CNN + Swin: mmdet ships no config
         return repo if repo.is_file() else super()._config_path(model_id)
+
+    def convert_checkpoint(self, state: dict) -> dict:
+        """The published Cascade Mask R-CNN Swin weights have the Swin repository's (mmdet 2.x) keys."""
+        return swin_keys.convert(state) if swin_keys.is_swin_repo(state) else state
 
     def _data_root(self, data_root: str | None) -> Path:
         root = super()._data_root(data_root)
@@ -50,8 +55,6 @@ class DetectionTask(MMTask):
         ann, images = self._split("val")
         dataset = cfg.test_dataloader.dataset
         dataset.update(data_root=str(root), ann_file=ann, data_prefix=dict(img=images))
-        cfg.test_dataloader.update(num_workers=0 if self.micro else 4, persistent_workers=False,
-                                   batch_size=self.batch_size if self.micro else 1)
         cfg.test_evaluator.update(ann_file=str(root / ann))
         if "train_dataloader" in cfg:
             ann, images = self._split("train")

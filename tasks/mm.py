@@ -11,15 +11,16 @@ import os
 import tempfile
 from functools import cached_property
 from pathlib import Path
+from unittest import mock
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from clamp.task import InputSpec, feature_contrastive_loss
+from clamp.task import RANDOM_WEIGHTS, InputSpec, feature_contrastive_loss
+from tasks.mm_cuda import route_nms_to_torchvision, use_torchvision_roi_align
+from tasks.weights import WeightFile, url_file
 
 MICRO_CONFIGS = Path(__file__).parent / "micro" / "configs"
 CHECKPOINTS = Path(__file__).parent / "micro" / "checkpoints"
@@ -33,9 +34,19 @@ def published_weights(metafile: Path, config_name: str) -> str | None:
     """The URL of the published weights of ``config_name`` in an OpenMMLab metafile."""
     from mmengine.fileio import load
 
+    if not metafile.is_file():
+        return None
     for model in load(str(metafile)).get("Models", []):
         if Path(model.get("Config", "")).stem == config_name:
             return model.get("Weights")
+    return None
+
+
+def _config_weights(config: Path) -> str | None:
+    """A repository config's ``published_weights = URL`` line (for configs no metafile lists)."""
+    for line in config.read_text().splitlines():
+        if line.startswith("published_weights"):
+            return line.split("=", 1)[1].strip().strip("'\"")
     return None
 
 
@@ -57,10 +68,14 @@ class MMTask:
 
     def __init__(self, model_id: str, *, checkpoint: str | None = None,
                  data_root: str | None = None, device: str | torch.device = "cpu", n_eval: int | None = None,
-                 quant_neck: bool = False, batch_size: int = 8) -> None:
+                 quant_neck: bool = False, batch_size: int = 8, workers: int = 4,
+                 cfg_options: dict | None = None) -> None:
         _quiet_mmengine()
         self.model_id, self.device, self.n_eval = model_id, torch.device(device), n_eval
-        self.quant_neck, self.batch_size = quant_neck, batch_size
+        # evaluation: batch_size applies to the micro models (same-size canvases); the paper models
+        # are evaluated one image at a time as published (batching pads images: other numbers)
+        self.quant_neck, self.batch_size, self.workers = quant_neck, batch_size, workers
+        self.cfg_options = cfg_options or {}  # mmengine --cfg-options: dotted keys merged into the config
         self.micro = model_id in self.micro_models
         self.config_path = self._config_path(model_id)
         self._checkpoint_arg = checkpoint
@@ -68,47 +83,56 @@ class MMTask:
         self._model: nn.Module | None = None
 
     # ---- configuration ---------------------------------------------------------------------
-    def _package_configs(self) -> Path:
+    @classmethod
+    def _package_configs(cls) -> Path:
         import importlib
 
-        return Path(importlib.import_module(self.package).__file__).parent / ".mim" / "configs"
+        return Path(importlib.import_module(cls.package).__file__).parent / ".mim" / "configs"
 
-    def _config_path(self, model_id: str) -> Path:
+    @classmethod
+    def _config_path(cls, model_id: str) -> Path:
         """A model id is a config: a micro model, a config name of the package, or a .py path."""
         if model_id.endswith(".py"):
             if not Path(model_id).is_file():
                 raise FileNotFoundError(f"config {model_id} does not exist: pass an existing mm config file")
             return Path(model_id)
-        if model_id in self.micro_models:
+        if model_id in cls.micro_models:
             return MICRO_CONFIGS / f"{model_id}.py"
-        found = sorted(self._package_configs().glob(f"*/{model_id}.py"))
+        found = sorted(cls._package_configs().glob(f"*/{model_id}.py"))
         if not found:
-            raise ValueError(f"unknown model {model_id!r}: use a {self.package} config name such as "
-                             f"{self.paper_models[0]}, a micro model ({', '.join(self.micro_models)}), "
+            raise ValueError(f"unknown model {model_id!r}: use a {cls.package} config name such as "
+                             f"{cls.paper_models[0]}, a micro model ({', '.join(cls.micro_models)}), "
                              "or the path of a config file")
         return found[0]
 
     @cached_property
     def checkpoint(self) -> Path:
-        """--checkpoint, the committed micro checkpoint, or the published weights in torch's cache."""
+        """--checkpoint, the committed micro checkpoint, or the published weights in torch hub's
+        cache (downloaded first when online)."""
         if self._checkpoint_arg is not None:
             path = Path(self._checkpoint_arg)
         elif self.micro:
             path = CHECKPOINTS / f"{self.model_id}.pth"
         else:
-            url = published_weights(self.config_path.parent / "metafile.yaml", self.config_path.stem) or \
-                published_weights(self.config_path.parent / "metafile.yml", self.config_path.stem)
-            if url is None:
-                raise FileNotFoundError(f"no published weights for {self.config_path.stem}: pass --checkpoint PATH")
-            path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-            if not path.is_file():
-                raise FileNotFoundError(f"weights of {self.config_path.stem} are not in the local cache: pass "
-                                        f"--checkpoint PATH, or fetch them once online into {path.parent} ({url})")
+            path = self.weight_file(self.model_id).fetch()
         if not path.is_file():
             hint = ("pass an existing file" if self._checkpoint_arg
                     else f"train it with `python -m tasks.micro.train_mm {self.model_id}`")
             raise FileNotFoundError(f"checkpoint {path} does not exist: {hint}")
         return path
+
+    @classmethod
+    def weight_file(cls, model_id: str) -> WeightFile | None:
+        """The published weights of a config (its metafile's URL, or the config's own
+        ``published_weights``); None for a micro model, whose checkpoint is committed."""
+        if model_id in cls.micro_models:
+            return None
+        config = cls._config_path(model_id)
+        url = (published_weights(config.parent / "metafile.yaml", config.stem)
+               or published_weights(config.parent / "metafile.yml", config.stem) or _config_weights(config))
+        if url is None:
+            raise FileNotFoundError(f"no published weights for {config.stem}: pass --checkpoint PATH")
+        return url_file(model_id, url)
 
     def check_data(self) -> None:
         """Nothing more to check: the constructor found the data folder (or built the micro one)."""
@@ -134,31 +158,49 @@ class MMTask:
         from mmengine.config import Config
 
         cfg = Config.fromfile(str(self.config_path))
+        cfg.merge_from_dict(self.cfg_options)
         cfg.model.pop("pretrained", None)
         cfg.model.backbone.pop("init_cfg", None)
         cfg.model.backbone.pop("pretrained", None)
         self._set_data(cfg, self.data_root)
+        cfg.test_dataloader.update(num_workers=0 if self.micro else self.workers, persistent_workers=False,
+                                   batch_size=self.batch_size if self.micro else 1)
+        if self.device.type == "cuda":  # mmcv's ops are built for CPU only: tasks/mm_cuda.py
+            use_torchvision_roi_align(cfg.model)
+            route_nms_to_torchvision()
         return cfg
 
     # ---- the model -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        """The FP model from its config and checkpoint (a plain state dict or an mm checkpoint)."""
+        """The FP model from its config and checkpoint (a plain state dict or an mm checkpoint), or
+        at its random init (``random``)."""
         if self._model is None:
             from mmengine.registry import MODELS, init_default_scope
-            from mmengine.runner import load_checkpoint
+            from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
             init_default_scope(self.scope)
-            model = MODELS.build(copy.deepcopy(self.cfg.model))
-            try:
-                load_checkpoint(model, str(self.checkpoint), map_location="cpu", strict=True,
-                                logger=logging.getLogger("mmengine"))
-            except Exception as err:  # corrupt file, or weights of another model
-                raise RuntimeError(f"cannot load {self.checkpoint} into {self.model_id} "
-                                   f"({str(err).splitlines()[0][:200]}): pass a matching --checkpoint") from err
+            if self._checkpoint_arg == RANDOM_WEIGHTS:
+                with torch.random.fork_rng():  # one fixed init: "random" names one set of weights
+                    torch.manual_seed(0)
+                    model = MODELS.build(copy.deepcopy(self.cfg.model))
+                    model.init_weights()
+            else:
+                model = MODELS.build(copy.deepcopy(self.cfg.model))
+                try:
+                    ckpt = _load_checkpoint(str(self.checkpoint), map_location="cpu")
+                    state = self.convert_checkpoint(ckpt.get("state_dict", ckpt))
+                    _load_checkpoint_to_model(model, state, strict=True, logger=logging.getLogger("mmengine"))
+                except Exception as err:  # corrupt file, or weights of another model
+                    raise RuntimeError(f"cannot load {self.checkpoint} into {self.model_id} "
+                                       f"({str(err).splitlines()[0][:200]}): pass a matching --checkpoint") from err
             model = self.prepare(model)
             model.eval()  # mm modules override train() and may return None: not chained
             self._model = model.requires_grad_(False).to(self.device)
         return self._model
+
+    def convert_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A hook for subclasses: published weights in another layout -> this config's keys."""
+        return state
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """A hook for subclasses: make the built model's attention quantizable (same maths)."""
@@ -166,6 +208,8 @@ class MMTask:
 
     @cached_property
     def weights_id(self) -> str:
+        if self._checkpoint_arg == RANDOM_WEIGHTS:
+            return RANDOM_WEIGHTS
         with open(self.checkpoint, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
@@ -197,20 +241,26 @@ class MMTask:
         raise NotImplementedError
 
     def real_images(self, n: int, seed: int) -> torch.Tensor:
-        """``n`` random training images at the synthetic-image size, normalised."""
+        """``n`` random training images as the model's test pipeline and data preprocessor see
+        them (resized with their aspect kept, normalised), zero-padded (the mean colour, as the
+        preprocessor pads) to one size."""
+        from mmengine.dataset import Compose
+        from mmengine.registry import init_default_scope
+
         files = sorted(p for p in self.train_images().iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if len(files) < n:
             raise FileNotFoundError(f"{self.train_images()} holds {len(files)} images, fewer than {n}")
         pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        spec = self.input_spec
-
-        def load(path: Path) -> torch.Tensor:  # bilinear at the same size is the identity
-            x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None]
-            return F.interpolate(x.float().div(255), size=spec.shape[1:], mode="bilinear")
-
-        x = torch.cat([load(files[i]) for i in pick.tolist()])
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
-        return ((x - mean) / std).to(self.device)
+        init_default_scope(self.scope)
+        pipeline = Compose([t for t in self.cfg.test_dataloader.dataset.pipeline if "Annotations" not in t["type"]])
+        preprocessor = self.build_model().data_preprocessor
+        images = []
+        for i in pick.tolist():
+            packed = pipeline(dict(img_path=str(files[i]), img_id=i, seg_fields=[], reduce_zero_label=False))
+            batch = preprocessor({"inputs": [packed["inputs"]], "data_samples": [packed["data_samples"]]}, False)
+            images.append(batch["inputs"][0])
+        height, width = (max(x.shape[d] for x in images) for d in (1, 2))
+        return torch.stack([F.pad(x, (0, width - x.shape[2], 0, height - x.shape[1])) for x in images]).to(self.device)
 
     # ---- evaluation --------------------------------------------------------------------------
     def test_config(self):
@@ -224,7 +274,10 @@ class MMTask:
 
         dataloader, evaluator = self.test_config()
         launcher = "pytorch" if dist.is_initialized() else "none"
-        with tempfile.TemporaryDirectory(prefix="clamp-mm-") as work_dir:
+        # the Runner moves the model to mmengine's default device (runner.py, wrap_model:
+        # model.to(get_device()), i.e. cuda:0 on any GPU machine); the requested device holds instead
+        pin = mock.patch("mmengine.runner.runner.get_device", lambda: str(self.device))
+        with tempfile.TemporaryDirectory(prefix="clamp-mm-") as work_dir, pin:
             runner = Runner(model=model, work_dir=work_dir, test_dataloader=copy.deepcopy(dataloader),
                             test_cfg=dict(type="TestLoop"), test_evaluator=copy.deepcopy(evaluator),
                             default_scope=self.scope, launcher=launcher, log_level="WARNING",

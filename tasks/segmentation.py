@@ -38,8 +38,6 @@ class SegmentationTask(MMTask):
         for name in ("train_dataloader", "test_dataloader"):
             if name in cfg:
                 cfg[name].dataset.data_root = str(root)
-        cfg.test_dataloader.update(num_workers=0 if self.micro else 4, persistent_workers=False,
-                                   batch_size=self.batch_size if self.micro else 1)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         return rewrite_attention(model)  # mmseg's ViT: torch's fused attention -> explicit matmuls

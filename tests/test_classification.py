@@ -79,7 +79,7 @@ def test_missing_fashion_mnist_names_the_fix(tmp_path):
 def test_missing_pretrained_weights_name_the_fix(tmp_path):
     (tmp_path / "val").mkdir()
     task = make_task("classification", "deit_tiny_patch16_224.fb_in1k", data_root=str(tmp_path))
-    with pytest.raises(RuntimeError, match="--checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"clamp-bench fetch.*--checkpoint PATH"):
         task.build_model()
 
 

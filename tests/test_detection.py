@@ -113,3 +113,125 @@ def test_coco_subset_scores_only_its_images(task):
     _, evaluator = task.test_config()
     images = json.loads(open(evaluator.ann_file).read())["images"]
     assert len(images) == N_EVAL
+
+
+def test_requested_device_holds_through_fp_eval_quantization_and_quantized_eval(monkeypatch):
+    """On a GPU machine mmengine's Runner moves a model to its default device, cuda:0. Here that
+    default is made to differ from the requested device ('meta'): nothing may follow it."""
+    import mmengine.runner.runner as mm_runner
+    import torch
+
+    monkeypatch.setattr(mm_runner, "get_device", lambda: "meta")
+    for device in ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]:
+        task = DetectionTask(MODEL, n_eval=8, device=device)
+        model = task.build_model()
+        task.evaluate(model)
+        qmodel, _ = RealData(n=4).quantize(task, model, QuantConfig(BitPlan(8, 8)), seed=0)
+        assert task.evaluate(qmodel)["bbox_mAP"] > 5
+        for m in (model, qmodel):
+            assert {t.device.type for t in [*m.parameters(), *m.buffers()]} == {torch.device(device).type}
+
+
+def test_swin_repo_patch_merging_equals_mmdet_after_conversion():
+    """The Swin repository's patch merging (cat of the 2x2 neighbours, norm, reduction), written
+    out here, equals mmdet 3's nn.Unfold one with the converted weights."""
+    import torch
+    from mmdet.models.layers import PatchMerging
+
+    from tasks.swin_keys import convert
+
+    torch.manual_seed(0)
+    c, h, w = 8, 6, 4
+    norm, reduction = torch.nn.LayerNorm(4 * c), torch.nn.Linear(4 * c, 2 * c, bias=False)
+    for p in (norm.weight, norm.bias):
+        p.data.normal_()
+    x = torch.randn(2, h * w, c)
+    grid = x.view(2, h, w, c)
+    cat = torch.cat([grid[:, 0::2, 0::2], grid[:, 1::2, 0::2], grid[:, 0::2, 1::2], grid[:, 1::2, 1::2]], -1)
+    expected = reduction(norm(cat.view(2, -1, 4 * c)))
+    published = {"backbone.layers.0.downsample.reduction.weight": reduction.weight,
+                 "backbone.layers.0.downsample.norm.weight": norm.weight,
+                 "backbone.layers.0.downsample.norm.bias": norm.bias}
+    ours = PatchMerging(c, 2 * c)
+    converted = convert(published)
+    ours.load_state_dict({k.removeprefix("backbone.stages.0.downsample."): v for k, v in converted.items()})
+    got, _ = ours(x, (h, w))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def published_swin_t_backbone() -> dict:
+    """Key names and shapes of the Swin repository's Swin-T detection backbone (its own
+    SwinTransformer: depths 2-2-6-2, width 96 doubling, 3-6-12-24 heads, window 7)."""
+    import torch
+
+    shapes = {"backbone.patch_embed.proj.weight": (96, 3, 4, 4), "backbone.patch_embed.proj.bias": (96,),
+              "backbone.patch_embed.norm.weight": (96,), "backbone.patch_embed.norm.bias": (96,)}
+    for i, (depth, heads) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24), strict=True)):
+        dim, stage = 96 * 2 ** i, f"backbone.layers.{i}."
+        for j in range(depth):
+            b = f"{stage}blocks.{j}."
+            shapes.update({b + "norm1.weight": (dim,), b + "norm1.bias": (dim,), b + "norm2.weight": (dim,),
+                           b + "norm2.bias": (dim,), b + "attn.relative_position_bias_table": (169, heads),
+                           b + "attn.relative_position_index": (49, 49), b + "attn.qkv.weight": (3 * dim, dim),
+                           b + "attn.qkv.bias": (3 * dim,), b + "attn.proj.weight": (dim, dim),
+                           b + "attn.proj.bias": (dim,), b + "mlp.fc1.weight": (4 * dim, dim),
+                           b + "mlp.fc1.bias": (4 * dim,), b + "mlp.fc2.weight": (dim, 4 * dim),
+                           b + "mlp.fc2.bias": (dim,)})
+        if i < 3:
+            shapes.update({stage + "downsample.reduction.weight": (2 * dim, 4 * dim),
+                           stage + "downsample.norm.weight": (4 * dim,), stage + "downsample.norm.bias": (4 * dim,)})
+        shapes.update({f"backbone.norm{i}.weight": (dim,), f"backbone.norm{i}.bias": (dim,)})
+    return {k: torch.zeros(v, dtype=torch.long if k.endswith("index") else torch.float) for k, v in shapes.items()}
+
+
+def test_published_cascade_swin_keys_load_strictly():
+    """A state dict with the published Swin-T Cascade Mask R-CNN names and shapes (backbone in the
+    Swin repository's layout, mmdet 2.x heads) loads strictly into our config after conversion."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    from tasks.detection import REPO_CONFIGS, DetectionTask
+
+    init_default_scope("mmdet")
+    cfg = Config.fromfile(str(REPO_CONFIGS / "cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py"))
+    model = MODELS.build(cfg.model)
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    assert {"roi_head.bbox_head.2.shared_convs.3.bn.running_var", "roi_head.bbox_head.0.fc_reg.weight",
+            "roi_head.mask_head.2.conv_logits.weight"} <= set(heads)
+    assert heads["roi_head.bbox_head.0.fc_reg.weight"].shape == (320, 1024)  # class-specific, 80 x 4
+    published = {**published_swin_t_backbone(), **heads}
+    task = DetectionTask.__new__(DetectionTask)
+    converted = task.convert_checkpoint(published)
+    assert model.load_state_dict(converted, strict=True)
+    assert DetectionTask.weight_file("cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco").source.endswith(
+        "v1.0.2/cascade_mask_rcnn_swin_tiny_patch4_window7.pth")
+
+
+def test_torchvision_roi_align_and_nms_equal_mmcv_kernels():
+    """On CUDA, RoIAlign and NMS run through torchvision (tasks/mm_cuda.py): here each against
+    mmcv's own CPU kernel, and the config switch reaching every RoI layer of a Cascade config."""
+    import importlib
+
+    import torch
+    from mmcv.ops import RoIAlign
+    from mmengine.config import Config
+
+    from tasks.detection import REPO_CONFIGS
+    from tasks.mm_cuda import _NMSDispatch, torchvision_nms, use_torchvision_roi_align
+
+    torch.manual_seed(0)
+    feats, xy, wh = torch.randn(2, 8, 32, 32), torch.rand(200, 2) * 100, torch.rand(200, 2) * 40 + 2
+    rois = torch.cat([torch.randint(0, 2, (200, 1)).float(), xy, xy + wh], 1)
+    for sampling in (0, 2):
+        mmcv_out = RoIAlign(7, 0.25, sampling, aligned=True)(feats, rois)
+        tv_out = RoIAlign(7, 0.25, sampling, aligned=True, use_torchvision=True)(feats, rois)
+        assert torch.allclose(mmcv_out, tv_out, atol=1e-5)
+    boxes, scores = rois[:, 1:], torch.rand(200)
+    mmcv_nms = importlib.import_module("mmcv.ops.nms")
+    ext = mmcv_nms.ext_module._ext if isinstance(mmcv_nms.ext_module, _NMSDispatch) else mmcv_nms.ext_module
+    kept = ext.nms(boxes, scores, iou_threshold=0.5, offset=0)
+    assert 20 < len(kept) < 200 and torch.equal(torchvision_nms(boxes, scores, 0.5, 0), kept)
+    cfg = Config.fromfile(str(REPO_CONFIGS / "cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py"))
+    use_torchvision_roi_align(cfg.model)
+    layers = [cfg.model.roi_head[k].roi_layer for k in ("bbox_roi_extractor", "mask_roi_extractor")]
+    assert all(layer.type == "RoIAlign" and layer.use_torchvision for layer in layers)

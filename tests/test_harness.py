@@ -1,4 +1,5 @@
 """Suites, the resumable runner, the result store and the leaderboard."""
+import argparse
 import json
 
 import pandas as pd
@@ -192,8 +193,28 @@ def test_checkpoint_is_part_of_the_cell(tmp_path):
     from benchmarks.cli import _with_weights
     weights = tmp_path / "other.safetensors"
     weights.write_bytes(b"other weights")
-    [other] = _with_weights([cell()], str(weights))
+    [other] = _with_weights([cell()], {"*": str(weights)})
     assert other.weights and other.key != cell().key and "weights" not in cell().config()
+    [random] = _with_weights([cell()], {"random": "x", cell().model: "random"})
+    assert random.weights == "random" and random.key not in (cell().key, other.key)
+
+
+def test_suite_names_a_checkpoint_per_model(tmp_path):
+    """A suite's ``checkpoints`` table (paths relative to the suite file) gives one model other
+    weights: only its cells change key; --checkpoint MODEL=PATH does the same from the CLI."""
+    from benchmarks import suites
+    from benchmarks.cli import _checkpoints, _with_weights
+    (tmp_path / "w.pth").write_bytes(b"other weights")
+    path = tmp_path / "s.toml"
+    path.write_text('task = "classification"\ncheckpoints = { micro_deit_patch4_32 = "w.pth" }\n'
+                    '[[group]]\nmodels = ["micro_deit_patch4_32", "micro_swin_patch2_window4_32"]\n'
+                    'methods = ["gaussian"]\nprecisions = ["W8A8"]\n')
+    suite = suites.load_suite(str(path))
+    plain = suites.expand(suite)
+    for table in (_checkpoints(argparse.Namespace(checkpoint=[]), suite),
+                  _checkpoints(argparse.Namespace(checkpoint=[f"micro_deit_patch4_32={tmp_path / 'w.pth'}"]))):
+        deit, swin = _with_weights(plain, table)
+        assert deit.weights and deit.key != plain[0].key and swin == plain[1]
 
 
 def test_stale_rows_are_marked_and_dirty_ones_never_rows(store):
@@ -389,3 +410,19 @@ def test_gallery_is_copied_next_to_the_leaderboard_and_linked_relatively(store, 
     assert (store.root / "galleries" / "abc123.png").read_bytes() == b"\x89PNG fake grid"
     images.with_suffix(".png").unlink()  # a fresh clone has no cache: the committed copy still counts
     assert leaderboard.table(store, "classification").loc[0, "gallery"] == "galleries/abc123.png"
+
+
+@pytest.mark.parametrize("suite, n, source", [("paper-classification", 7, "hf://timm/"),
+                                              ("paper-detection", 4, "https://")])
+def test_fetch_offline_names_each_missing_file_and_its_source(suite, n, source, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from benchmarks.cli import main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty caches: nothing is fetched yet
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fetch", suite])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert exit_.value.code == 1 and len(lines) == n
+    assert all(line.startswith("missing") and f"(from {source}" in line for line in lines)
