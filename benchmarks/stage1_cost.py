@@ -13,6 +13,7 @@ forward of the 32 images, every refinement step one more generation step.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -75,6 +76,8 @@ def measure(task_name: str, model: str, n: int, negatives: str, device: str, dat
         loss_fn = method.data_loss(task, net, capture, labels, tv_goal)
         loss_fn(x)[0].backward()  # warm-up: allocator, kernels
         x.grad = None
+        if not cuda:  # give the warm-up's freed heap back to the OS, so that the step's peak shows in RSS
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (peak allocated memory)")
     parser.add_argument("--n", type=int, nargs="+", default=[1, 2, 4], help="batch sizes measured")
     parser.add_argument("--negatives", nargs="+", default=["neighbourhood", "image"], help="forms of the loss")
+    parser.add_argument("--models", nargs="+", default=[m for _, m in CASES], help="a subset of the models")
     parser.add_argument("--out", help="also write the measurements and projections as JSON here")
     parser.add_argument("--one", nargs=5, metavar=("TASK", "MODEL", "N", "NEGATIVES", "DATA_ROOT"),
                         help=argparse.SUPPRESS)  # a single measurement (this script runs itself per case)
@@ -143,6 +147,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clamp-cost-") as tmp:
         roots = _data_roots(Path(tmp))
         for (task, model), side in CASES.items():
+            if model not in args.models:
+                continue
             for negatives in args.negatives:
                 group = []
                 for n in args.n:
