@@ -32,6 +32,7 @@ CASES = {  # (task, model) -> the side of its synthetic images
     ("classification", "deit_small_patch16_224.fb_in1k"): 224,
     ("classification", "swin_tiny_patch4_window7_224.ms_in1k"): 224,
 }
+SIDES = {model: side for (_, model), side in CASES.items()}
 
 
 def _rss() -> int:
@@ -113,10 +114,31 @@ def projected_cell_s(step_s: float, forward_s: float, blocks: int) -> float:
     return steps * step_s + m.passes * blocks * (fitness * forward_s + 2 * m.refine_steps * (step_s + forward_s))
 
 
-def extrapolate(rows: list[dict], key: str, n: int = 32) -> float:
-    """A line through (n, value) of the measured batch sizes, read at ``n``."""
-    slope, intercept = np.polyfit([r["n"] for r in rows], [r[key] for r in rows], 1)
-    return float(slope * n + intercept)
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per (model, negatives): the measured points, memory at n = 32 from a line through them (a
+    fixed part plus a part per image), step time at n = 32 from the largest n measured (per-image
+    time x 32: steps scale linearly in n, and a two-point fit of noisy times can go negative), and
+    the projected default cell."""
+    table = []
+    for (model, negatives), group in _groups(rows).items():
+        if len(group) < 2:
+            continue
+        slope, intercept = np.polyfit([r["n"] for r in group], [r["memory_gb"] for r in group], 1)
+        last = max(group, key=lambda r: r["n"])
+        step, forward = (32 * last[k] / last["n"] for k in ("step_s", "forward_s"))
+        table.append({"model": model, "side": SIDES[model], "negatives": negatives,
+                      **{f"memory_gb_n{r['n']}": r["memory_gb"] for r in group},
+                      **{f"step_s_n{r['n']}": r["step_s"] for r in group},
+                      "memory_gb_n32": round(float(slope * 32 + intercept), 1), "step_s_n32": round(step, 1),
+                      "cell_h": round(projected_cell_s(step, forward, group[0]["blocks"]) / 3600, 1)})
+    return table
+
+
+def _groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["negatives"]), []).append(r)
+    return groups
 
 
 def _data_roots(folder: Path) -> dict[str, str]:
@@ -136,6 +158,7 @@ def main() -> None:
     parser.add_argument("--negatives", nargs="+", default=["neighbourhood", "image"], help="forms of the loss")
     parser.add_argument("--models", nargs="+", default=[m for _, m in CASES], help="a subset of the models")
     parser.add_argument("--out", help="also write the measurements and projections as JSON here")
+    parser.add_argument("--summarise", metavar="JSON", help="only tabulate the measurements of an earlier --out")
     parser.add_argument("--one", nargs=5, metavar=("TASK", "MODEL", "N", "NEGATIVES", "DATA_ROOT"),
                         help=argparse.SUPPRESS)  # a single measurement (this script runs itself per case)
     args = parser.parse_args()
@@ -143,14 +166,13 @@ def main() -> None:
         task, model, n, negatives, root = args.one
         print(json.dumps(measure(task, model, int(n), negatives, args.device, root)))
         return
-    rows, table = [], []
+    rows = json.loads(Path(args.summarise).read_text())["measurements"] if args.summarise else []
     with tempfile.TemporaryDirectory(prefix="clamp-cost-") as tmp:
-        roots = _data_roots(Path(tmp))
-        for (task, model), side in CASES.items():
+        roots = {} if args.summarise else _data_roots(Path(tmp))
+        for (task, model) in CASES if not args.summarise else ():
             if model not in args.models:
                 continue
             for negatives in args.negatives:
-                group = []
                 for n in args.n:
                     cmd = [sys.executable, "-m", "benchmarks.stage1_cost", "--device", args.device,
                            "--one", task, model, str(n), negatives, roots[task]]
@@ -158,19 +180,10 @@ def main() -> None:
                     if out.returncode != 0:
                         print(f"{model} n={n} {negatives}: failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
                         continue
-                    group.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(group[-1]), flush=True)
-                rows += group
-                if len(group) >= 2:
-                    step, fwd = extrapolate(group, "step_s"), extrapolate(group, "forward_s")
-                    table.append({"model": model, "side": side, "negatives": negatives,
-                                  **{f"memory_gb_n{r['n']}": r["memory_gb"] for r in group},
-                                  **{f"step_s_n{r['n']}": r["step_s"] for r in group},
-                                  "memory_gb_n32": round(extrapolate(group, "memory_gb"), 1),
-                                  "step_s_n32": round(step, 2),
-                                  "cell_h": round(projected_cell_s(step, fwd, group[0]["blocks"]) / 3600, 2)})
-    print("| model | side | negatives | " + " | ".join(k for k in table[0] if k not in ("model", "side", "negatives"))
-          + " |")
+                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), flush=True)
+    table = summarise(rows)
+    print("| " + " | ".join(table[0]) + " |")
     print("|---" * len(table[0]) + "|")
     for t in table:
         print("| " + " | ".join(str(v) for v in t.values()) + " |")
