@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -23,12 +22,11 @@ import torch
 
 from benchmarks import dry_run, leaderboard, published, site, suites
 from benchmarks.cell import Cell
-from benchmarks.runner import RunOptions, init_distributed, run_cells
+from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_cells, with_weights
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
 from clamp.cache import cache_dir
 from clamp.registry import available_methods, make_method
-from clamp.task import RANDOM_WEIGHTS
 from tasks import TASKS, make_task, task_class
 from tasks.weights import offline
 
@@ -123,29 +121,10 @@ def _checkpoints(args: argparse.Namespace, suite: dict | None = None) -> dict[st
     return table
 
 
-def _with_weights(cells: list[Cell], checkpoints: dict[str, str]) -> list[Cell]:
-    """Cells computed on other weights than the published ones carry their fingerprint: other
-    weights, another cell."""
-    digests: dict[str, str] = {}
-    out = []
-    for cell in cells:
-        path = checkpoints.get(cell.model, checkpoints.get("*"))
-        if path and path not in digests:
-            if path == RANDOM_WEIGHTS:
-                digests[path] = RANDOM_WEIGHTS
-            elif not Path(path).is_file():
-                raise FileNotFoundError(f"checkpoint {path} does not exist: pass an existing file")
-            else:
-                with open(path, "rb") as f:
-                    digests[path] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-        out.append(dataclasses.replace(cell, weights=digests[path]) if path else cell)
-    return out
-
-
 def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: set[str] | None = None,
          checkpoints: dict[str, str] | None = None) -> list[dict]:
     checkpoints = _checkpoints(args) if checkpoints is None else checkpoints
-    cells = _with_weights(cells, checkpoints)
+    cells = with_weights(cells, checkpoints)
     options = RunOptions(device=args.device, data_root=args.data_root, checkpoints=checkpoints, force=args.force,
                          batch_size=args.batch_size, workers=args.workers)
     _validate(cells, options, store)
@@ -187,7 +166,7 @@ def fetch(args: argparse.Namespace) -> int:
     checkpoints = _checkpoints(args, suite)
     missing = 0
     for task, model in sorted({(c.task, c.model) for c in suites.expand(suite)}):
-        given = checkpoints.get(model, checkpoints.get("*"))
+        given = checkpoint_for(checkpoints, model)
         weights = None if given else task_class(task).weight_file(model)
         if given or weights is None:
             print(f"given    {model}: {given or 'committed with the repository'}")
@@ -285,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "suite":
             suite = suites.load_suite(args.name)
             checkpoints = _checkpoints(args, suite)
-            cells = _with_weights(suites.expand(suite), checkpoints)
+            cells = with_weights(suites.expand(suite), checkpoints)
             store = _store(args, personal=False)
             plan = dry_run.plan(cells, store)
             only = {c.key for c in plan.stale} if args.stale else None

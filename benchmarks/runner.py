@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,13 +24,38 @@ from tqdm import tqdm
 from benchmarks.cell import Cell
 from benchmarks.provenance import code_fingerprint, commit, device_name, versions
 from benchmarks.store import ResultStore
-from clamp.cache import atomic_write_text, cache_dir, config_key
+from clamp.cache import atomic_write_text, cache_dir, config_key, file_sha256
 from clamp.quant import compression_report, quant_state
 from clamp.registry import make_method
+from clamp.task import RANDOM_WEIGHTS
 from tasks import make_task
 
 log = logging.getLogger("clamp-bench")
 CACHE = cache_dir("runs")
+
+
+def checkpoint_for(checkpoints: dict[str, str], model: str) -> str | None:
+    """The weights a model runs on: its own entry, else the entry for every model ("*"), else None
+    (its published weights)."""
+    return checkpoints.get(model, checkpoints.get("*"))
+
+
+def with_weights(cells: list[Cell], checkpoints: dict[str, str]) -> list[Cell]:
+    """Cells computed on other weights than the published ones carry their fingerprint: other
+    weights, another cell."""
+    digests: dict[str, str] = {}
+    out = []
+    for cell in cells:
+        path = checkpoint_for(checkpoints, cell.model)
+        if path and path not in digests:
+            if path == RANDOM_WEIGHTS:
+                digests[path] = RANDOM_WEIGHTS
+            elif not Path(path).is_file():
+                raise FileNotFoundError(f"checkpoint {path} does not exist: pass an existing file")
+            else:
+                digests[path] = file_sha256(path)[:16]
+        out.append(dataclasses.replace(cell, weights=digests[path]) if path else cell)
+    return out
 
 
 @dataclass
@@ -44,7 +70,7 @@ class RunOptions:
     workers: int | None = None  # data-loading processes (default: the task's)
 
     def checkpoint(self, model: str) -> str | None:
-        return self.checkpoints.get(model, self.checkpoints.get("*"))
+        return checkpoint_for(self.checkpoints, model)
 
     def task_kwargs(self, model: str) -> dict:
         """How a task adapter runs: device, data, weights, loader; never part of a result."""

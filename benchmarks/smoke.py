@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import suites
-from benchmarks.runner import RunOptions, run_cells
+from benchmarks.runner import RunOptions, run_cells, with_weights
 from benchmarks.store import ResultStore
 
 SUITES = {"classification": "paper-smoke-classification", "detection": "paper-smoke-detection",
@@ -97,9 +97,7 @@ def run(ci: bool, device: str | None, folder: Path) -> list[dict]:
         model, methods = CI[task]
         cells = [c for c in suites.expand(suite)
                  if not ci or (c.model == model and c.method in methods and not c.mixed)]
-        from benchmarks.cli import _with_weights  # the CLI's own weight fingerprinting
-
-        cells = _with_weights(cells, suite["checkpoints"])
+        cells = with_weights(cells, suite["checkpoints"])
         options = RunOptions(device=device, data_root=str(data[task]()), checkpoints=suite["checkpoints"],
                              workers=0)  # a few images: loader processes would cost more than they save
         start = time.time()

@@ -23,6 +23,12 @@ def cache_dir(kind: str) -> Path:
     return root / kind
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (weights fingerprints)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def config_key(config: Any) -> str:
     """Stable 16-hex key of a JSON-serialisable configuration."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

@@ -4,6 +4,8 @@ Defined here, in the core, so that methods depend on the interface and never on 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +16,15 @@ from torch import nn
 from clamp.generate.contrastive import local_contrastive_loss
 
 RANDOM_WEIGHTS = "random"  # a checkpoint value: the architecture at its random init (smoke runs, no download)
+
+
+@contextmanager
+def fixed_init() -> Iterator[None]:
+    """Build models in here: the same random init every time, so that ``random`` names one set of
+    weights; the caller's RNG state is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield
 
 
 @dataclass(frozen=True)

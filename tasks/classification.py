@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 import tasks.micro.models as zoo
 import tasks.pretrained.models as pretrained
-from clamp.task import RANDOM_WEIGHTS, InputSpec
+from clamp.cache import file_sha256
+from clamp.task import RANDOM_WEIGHTS, InputSpec, fixed_init
 from tasks.micro import fashion_mnist
 from tasks.weights import WeightFile, hub_file
 
@@ -83,8 +84,7 @@ class ClassificationTask:
             elif not self.checkpoint and not self.fmnist:
                 overlay = {"file": str(self.weight_file(self.model_id).fetch())}
             try:
-                with torch.random.fork_rng():  # one fixed init: "random" names one set of weights
-                    torch.manual_seed(0)
+                with fixed_init():
                     model = timm.create_model(self.model_id, pretrained=pretrained, pretrained_cfg_overlay=overlay)
             except Exception as err:  # corrupt or mismatched weights of any format
                 raise RuntimeError(f"cannot load weights for {self.model_id} ({err}): "
@@ -106,10 +106,7 @@ class ClassificationTask:
             paths = pretrained.weight_files()
         else:
             paths = [self.weight_file(self.model_id).fetch()]
-        digests = []
-        for path in paths:
-            with open(path, "rb") as f:
-                digests.append(hashlib.file_digest(f, "sha256").hexdigest())
+        digests = [file_sha256(path) for path in paths]
         combined = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
         return combined[:16]
 

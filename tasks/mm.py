@@ -5,7 +5,6 @@ with the framework's own evaluator (nothing of either is re-implemented here).
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import tempfile
@@ -18,7 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from clamp.task import RANDOM_WEIGHTS, InputSpec, feature_contrastive_loss
+from clamp.cache import file_sha256
+from clamp.task import RANDOM_WEIGHTS, InputSpec, feature_contrastive_loss, fixed_init
 from tasks.mm_cuda import route_nms_to_torchvision, use_torchvision_roi_align
 from tasks.weights import WeightFile, url_file
 
@@ -39,14 +39,6 @@ def published_weights(metafile: Path, config_name: str) -> str | None:
     for model in load(str(metafile)).get("Models", []):
         if Path(model.get("Config", "")).stem == config_name:
             return model.get("Weights")
-    return None
-
-
-def _config_weights(config: Path) -> str | None:
-    """A repository config's ``published_weights = URL`` line (for configs no metafile lists)."""
-    for line in config.read_text().splitlines():
-        if line.startswith("published_weights"):
-            return line.split("=", 1)[1].strip().strip("'\"")
     return None
 
 
@@ -124,12 +116,15 @@ class MMTask:
     @classmethod
     def weight_file(cls, model_id: str) -> WeightFile | None:
         """The published weights of a config (its metafile's URL, or the config's own
-        ``published_weights``); None for a micro model, whose checkpoint is committed."""
+        ``published_weights`` key); None for a micro model, whose checkpoint is committed."""
+        from mmengine.config import Config
+
         if model_id in cls.micro_models:
             return None
         config = cls._config_path(model_id)
         url = (published_weights(config.parent / "metafile.yaml", config.stem)
-               or published_weights(config.parent / "metafile.yml", config.stem) or _config_weights(config))
+               or published_weights(config.parent / "metafile.yml", config.stem)
+               or Config.fromfile(str(config)).get("published_weights"))  # our configs name theirs
         if url is None:
             raise FileNotFoundError(f"no published weights for {config.stem}: pass --checkpoint PATH")
         return url_file(model_id, url)
@@ -179,13 +174,11 @@ class MMTask:
             from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
             init_default_scope(self.scope)
-            if self._checkpoint_arg == RANDOM_WEIGHTS:
-                with torch.random.fork_rng():  # one fixed init: "random" names one set of weights
-                    torch.manual_seed(0)
-                    model = MODELS.build(copy.deepcopy(self.cfg.model))
-                    model.init_weights()
-            else:
+            with fixed_init():
                 model = MODELS.build(copy.deepcopy(self.cfg.model))
+                if self._checkpoint_arg == RANDOM_WEIGHTS:
+                    model.init_weights()
+            if self._checkpoint_arg != RANDOM_WEIGHTS:
                 try:
                     ckpt = _load_checkpoint(str(self.checkpoint), map_location="cpu")
                     state = self.convert_checkpoint(ckpt.get("state_dict", ckpt))
@@ -210,8 +203,7 @@ class MMTask:
     def weights_id(self) -> str:
         if self._checkpoint_arg == RANDOM_WEIGHTS:
             return RANDOM_WEIGHTS
-        with open(self.checkpoint, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        return file_sha256(self.checkpoint)[:16]
 
     @property
     def input_spec(self) -> InputSpec:

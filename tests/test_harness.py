@@ -190,12 +190,12 @@ def test_records_are_world_readable_and_bad_ones_are_named(store):
 
 
 def test_checkpoint_is_part_of_the_cell(tmp_path):
-    from benchmarks.cli import _with_weights
+    from benchmarks.runner import with_weights
     weights = tmp_path / "other.safetensors"
     weights.write_bytes(b"other weights")
-    [other] = _with_weights([cell()], {"*": str(weights)})
+    [other] = with_weights([cell()], {"*": str(weights)})
     assert other.weights and other.key != cell().key and "weights" not in cell().config()
-    [random] = _with_weights([cell()], {"random": "x", cell().model: "random"})
+    [random] = with_weights([cell()], {"random": "x", cell().model: "random"})
     assert random.weights == "random" and random.key not in (cell().key, other.key)
 
 
@@ -203,7 +203,8 @@ def test_suite_names_a_checkpoint_per_model(tmp_path):
     """A suite's ``checkpoints`` table (paths relative to the suite file) gives one model other
     weights: only its cells change key; --checkpoint MODEL=PATH does the same from the CLI."""
     from benchmarks import suites
-    from benchmarks.cli import _checkpoints, _with_weights
+    from benchmarks.cli import _checkpoints
+    from benchmarks.runner import with_weights
     (tmp_path / "w.pth").write_bytes(b"other weights")
     path = tmp_path / "s.toml"
     path.write_text('task = "classification"\ncheckpoints = { micro_deit_patch4_32 = "w.pth" }\n'
@@ -213,7 +214,7 @@ def test_suite_names_a_checkpoint_per_model(tmp_path):
     plain = suites.expand(suite)
     for table in (_checkpoints(argparse.Namespace(checkpoint=[]), suite),
                   _checkpoints(argparse.Namespace(checkpoint=[f"micro_deit_patch4_32={tmp_path / 'w.pth'}"]))):
-        deit, swin = _with_weights(plain, table)
+        deit, swin = with_weights(plain, table)
         assert deit.weights and deit.key != plain[0].key and swin == plain[1]
 
 

