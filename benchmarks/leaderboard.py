@@ -18,8 +18,8 @@ from clamp.cache import atomic_write, atomic_write_text
 # quant_options.<name>, task_options.<name> and versions.<library> (and versions.commit)
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
-           "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "wall_s",
-           "device", "stale", "gallery", "timestamp", "config_key", "config"]
+           "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "lo_maps",
+           "wall_s", "device", "stale", "gallery", "timestamp", "config_key", "config"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
 SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "layout", "method", "precision", "config", "metric"]
@@ -44,7 +44,8 @@ def row(record: dict, gallery: str | None = None) -> dict:
         "size_mb": round(comp["size_mb"], 4), "n_params": comp["n_params"], "metric": metric,
         "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
-        "n_eval": record["quant"]["n_eval"], "wall_s": record["wall_s"], "device": record["device"],
+        "n_eval": record["quant"]["n_eval"], "lo_maps": record["report"].get("lo_maps"),
+        "wall_s": record["wall_s"], "device": record["device"],
         "stale": is_stale(record), "gallery": gallery, "timestamp": record["timestamp"], "config_key": record["key"],
         "config": _config_text(cfg),
         "quant_metrics": {k: round(v, 3) for k, v in record["quant"].items() if k != "n_eval"},

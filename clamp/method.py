@@ -32,7 +32,7 @@ from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, is_weight, quantize_model, quantizers
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from clamp.search.mixed import BitBudget
-from clamp.task import Task
+from clamp.task import Task, feature_lo_maps
 
 DATA_SOURCES = ("contrastive", "psaq", "gaussian")
 BLOCK_ORDERS = ("last_first", "first_last")
@@ -297,6 +297,8 @@ class Search:
         report = {"fitness_start": [start_fitness[i] for i in sorted(start_fitness)],
                   "fitness_end": [end_fitness[i] for i in sorted(end_fitness)],
                   "passes": m.passes, "cycles": m.cycles, "refine_steps": self.refine_steps}
+        if isinstance(self.fp_out, tuple | list):  # a dense backbone: the maps L_O compared, pooled or not
+            report["lo_maps"] = feature_lo_maps(self.fp_out)
         if self.mixed:
             report["size_target_mb"] = round(self.budget.target_size / 8 / 1e6, 6)
             report["gbops_target"] = round(self.budget.target_bops / 1e9, 6)

@@ -16,6 +16,7 @@ from clamp.generate.contrastive import (
 from clamp.method import ClampViT, block_groups
 from clamp.quant import BitPlan, QuantConfig, calibrate, compression_report, quantize_model, quantizers
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
+from clamp.task import feature_contrastive_loss, feature_lo_maps
 from tasks.classification import ClassificationTask
 
 # a CLAMP-ViT small enough for a unit test; every stage still runs
@@ -140,6 +141,18 @@ def test_local_loss_is_minimal_for_identical_outputs():
     assert local_contrastive_loss(fp, fp, tau=0.1).item() == pytest.approx(math.log(1 + 8 * math.exp(-10)), rel=1e-4)
     shuffled = fp[:, torch.tensor([1, 0, 2, 3, 4, 5, 6, 7, 8])]
     assert local_contrastive_loss(shuffled, fp).item() > 1.0
+
+
+def test_feature_lo_pools_only_maps_above_max_side_and_says_so():
+    gen = torch.Generator().manual_seed(0)
+    fp = (torch.randn(2, 8, 64, 48, generator=gen), torch.randn(2, 8, 16, 16, generator=gen))
+    q = tuple(f + 0.1 * torch.randn(f.shape, generator=gen) for f in fp)
+    assert feature_lo_maps(fp, max_side=32) == "64x48->32x32 16x16"
+    pooled = tuple(torch.nn.functional.adaptive_avg_pool2d(f, (32, 32)) for f in (fp[0], q[0]))
+    by_hand = torch.stack([local_contrastive_loss(pooled[1].permute(0, 2, 3, 1), pooled[0].permute(0, 2, 3, 1)),
+                           local_contrastive_loss(q[1].permute(0, 2, 3, 1), fp[1].permute(0, 2, 3, 1))]).mean()
+    assert feature_contrastive_loss(fp, q, max_side=32).item() == pytest.approx(by_hand.item())
+    assert feature_lo_maps(fp, max_side=64) == "64x48 16x16"
 
 
 def test_search_keeps_its_best_and_never_ends_worse_than_its_start():
