@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
     suite.add_argument("--stale", action="store_true",
-                       help="recompute exactly the cells whose records older code (or a dirty tree) computed")
+                       help="also recompute the cells whose records older code (or a dirty tree) computed")
     suite.add_argument("--dry-run", action="store_true",
                        help="list the cells it would run and skip, with a time estimate, and run nothing")
 

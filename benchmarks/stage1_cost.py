@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clamp.cache import atomic_write_text
+
 CASES = {  # (task, model) -> the side of its synthetic images
     ("detection", "mask-rcnn_swin-t-p4-w7_fpn_1x_coco"): 512,
     ("segmentation", "vit_deit-s16_upernet_8xb2-80k_ade20k-512x512"): 512,
@@ -151,6 +153,28 @@ def _data_roots(folder: Path) -> dict[str, str]:
             "segmentation": str(make_ade20k(folder / "ade", rng))}
 
 
+def _measure_all(args: argparse.Namespace) -> list[dict]:
+    """Every (model, negatives, n) asked for, each in a fresh process; a failed point is reported
+    and left out."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="clamp-cost-") as tmp:
+        roots = _data_roots(Path(tmp))
+        for task, model in CASES:
+            if model not in args.models:
+                continue
+            for negatives in args.negatives:
+                for n in args.n:
+                    cmd = [sys.executable, "-m", "benchmarks.stage1_cost", "--device", args.device,
+                           "--one", task, model, str(n), negatives, roots[task]]
+                    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                    if out.returncode != 0:
+                        print(f"{model} n={n} {negatives}: failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
+                        continue
+                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (peak allocated memory)")
@@ -166,29 +190,15 @@ def main() -> None:
         task, model, n, negatives, root = args.one
         print(json.dumps(measure(task, model, int(n), negatives, args.device, root)))
         return
-    rows = json.loads(Path(args.summarise).read_text())["measurements"] if args.summarise else []
-    with tempfile.TemporaryDirectory(prefix="clamp-cost-") as tmp:
-        roots = {} if args.summarise else _data_roots(Path(tmp))
-        for (task, model) in CASES if not args.summarise else ():
-            if model not in args.models:
-                continue
-            for negatives in args.negatives:
-                for n in args.n:
-                    cmd = [sys.executable, "-m", "benchmarks.stage1_cost", "--device", args.device,
-                           "--one", task, model, str(n), negatives, roots[task]]
-                    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                    if out.returncode != 0:
-                        print(f"{model} n={n} {negatives}: failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
-                        continue
-                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(rows[-1]), flush=True)
+    rows = json.loads(Path(args.summarise).read_text())["measurements"] if args.summarise else _measure_all(args)
     table = summarise(rows)
     print("| " + " | ".join(table[0]) + " |")
     print("|---" * len(table[0]) + "|")
     for t in table:
         print("| " + " | ".join(str(v) for v in t.values()) + " |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": args.device, "measurements": rows, "table": table}, indent=1))
+        atomic_write_text(Path(args.out), json.dumps({"device": args.device, "measurements": rows, "table": table},
+                                                     indent=1))
 
 
 if __name__ == "__main__":
