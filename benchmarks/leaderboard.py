@@ -160,7 +160,7 @@ def plot_mixed_bits(frame: pd.DataFrame, store: ResultStore, path: Path) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mixed = frame[frame["precision"].str.startswith("MP-")]
+    mixed = frame[frame["precision"].str.startswith("MP-")].sort_values(["model", "method", "config", "seed"])
     if mixed.empty:
         return
     fig, axes = plt.subplots(len(mixed), 1, figsize=(12, 2.2 * len(mixed)), squeeze=False)
@@ -170,7 +170,8 @@ def plot_mixed_bits(frame: pd.DataFrame, store: ResultStore, path: Path) -> None
             names = [n for n in bits if n.endswith(".weight") == (kind == "weight")]
             ax.plot(range(len(names)), [bits[n] for n in names], marker=marker, linestyle="none", label=kind)
         ax.set(ylim=(1.5, 8.5), ylabel="bits",
-               title=f"{row.model} {row.method} {row.precision} seed {row.seed}: W{row.mean_w_bits_plain:.1f}/"
+               title=f"{row.model} {row.method}{f' ({row.config})' if row.config else ''} {row.precision} "
+                     f"seed {row.seed}: W{row.mean_w_bits_plain:.1f}/"
                      f"A{row.mean_a_bits:.1f} (plain means), {row.quant_value:.2f} {row.metric}")
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("quantizer, by name (weights and activations separately)")
