@@ -273,3 +273,17 @@ def test_every_ablation_flag_changes_what_runs(task, monkeypatch, base, options,
     assert calls.get(silenced, 0) == 0
     if appears:
         assert calls.get(appears, 0) > 0
+
+
+def test_an_inadmissible_mixed_plan_is_infinitely_unfit(task):
+    """The budget is a hard limit: a plan over the W4/A8 size or BOPS can never win, however low
+    its loss (a finite penalty let a pretrained model's plan run 2.3% over the size)."""
+    net = task.backbone(task.build_model())
+    images = task.real_images(4, 0)
+    qnet = calibrate(quantize_model(net, QuantConfig(BitPlan(4, 8), mixed=True)), [images])
+    search = clamp_method.Search(ClampViT(**TINY), task, net, qnet, images, mixed=True, seed=0)
+    last = len(search.groups) - 1
+    start = search.start(search.groups[last][1])
+    assert math.isfinite(search.fitness(last, start))
+    wide = Candidate(start.scales, start.mults, {name: 8 for name in start.bits})
+    assert search.fitness(last, wide) == math.inf
