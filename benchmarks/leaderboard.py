@@ -107,12 +107,17 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return out.round(3)
 
 
+def options_suffix(frame: pd.DataFrame) -> pd.Series:
+    """" (options)" after a row's method where it ran with non-default options, else ""."""
+    return frame["config"].map(lambda c: f" ({c})" if c else "")
+
+
 def markdown(summ: pd.DataFrame) -> str:
     """One line per (model, method, options): the metric at each precision, mean ± std over seeds."""
     if summ.empty:
         return "(no finished cells)\n"
     cell = summ.apply(lambda r: f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else ""), axis=1)
-    wide = summ.assign(cell=cell, method=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else ""))
+    wide = summ.assign(cell=cell, method=summ["method"] + options_suffix(summ))
     wide = wide.pivot_table(index=["model", "fp_value", "layout", "method"], columns="precision", values="cell",
                             aggfunc="first").reset_index().fillna("")
     wide.columns.name = None
@@ -131,7 +136,7 @@ def plot(summ: pd.DataFrame, path: Path) -> None:
 
     if summ.empty:
         return
-    summ = summ.assign(label=summ["method"] + summ["config"].map(lambda c: f" ({c})" if c else "")
+    summ = summ.assign(label=summ["method"] + options_suffix(summ)
                        + summ["layout"].map(lambda layout: "" if layout == "reference" else f" [{layout}]"))
     models = sorted(summ["model"].unique())
     colours = {label: f"C{i % 10}" for i, label in enumerate(sorted(summ["label"].unique()))}
@@ -161,6 +166,7 @@ def plot_mixed_bits(frame: pd.DataFrame, store: ResultStore, path: Path) -> None
     import matplotlib.pyplot as plt
 
     mixed = frame[frame["precision"].str.startswith("MP-")].sort_values(["model", "method", "config", "seed"])
+    mixed = mixed.assign(label=mixed["method"] + options_suffix(mixed))
     if mixed.empty:
         return
     fig, axes = plt.subplots(len(mixed), 1, figsize=(12, 2.2 * len(mixed)), squeeze=False)
@@ -170,8 +176,7 @@ def plot_mixed_bits(frame: pd.DataFrame, store: ResultStore, path: Path) -> None
             names = [n for n in bits if n.endswith(".weight") == (kind == "weight")]
             ax.plot(range(len(names)), [bits[n] for n in names], marker=marker, linestyle="none", label=kind)
         ax.set(ylim=(1.5, 8.5), ylabel="bits",
-               title=f"{row.model} {row.method}{f' ({row.config})' if row.config else ''} {row.precision} "
-                     f"seed {row.seed}: W{row.mean_w_bits_plain:.1f}/"
+               title=f"{row.model} {row.label} {row.precision} seed {row.seed}: W{row.mean_w_bits_plain:.1f}/"
                      f"A{row.mean_a_bits:.1f} (plain means), {row.quant_value:.2f} {row.metric}")
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("quantizer, by name (weights and activations separately)")

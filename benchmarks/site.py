@@ -33,8 +33,7 @@ def _table(frame: pd.DataFrame, table_id: str) -> str:
 
 
 def _plot(summ: pd.DataFrame, x: str) -> str:
-    options = summ["config"].map(lambda c: f" ({c})" if c else "")
-    summ = summ.assign(label=summ["method"] + " " + summ["layout"] + options)
+    summ = summ.assign(label=summ["method"] + " " + summ["layout"] + leaderboard.options_suffix(summ))
     fig = px.scatter(summ, x=x, y="quant_mean", error_y="quant_std", color="label", symbol="precision",
                      facet_col="model", hover_data=["precision", "seeds"], height=420)
     return fig.to_html(include_plotlyjs=False, full_html=False, div_id=f"plot-{x}-{summ['task'].iloc[0]}")
