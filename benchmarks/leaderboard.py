@@ -19,10 +19,10 @@ from clamp.cache import atomic_write, atomic_write_text
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
            "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "lo_maps",
-           "wall_s", "device", "stale", "gallery", "timestamp", "config_key", "config"]
+           "wall_s", "device", "weights_id", "stale", "gallery", "timestamp", "config_key", "config"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
 SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
-GROUP = ["task", "model", "layout", "method", "precision", "config", "metric"]
+GROUP = ["task", "model", "layout", "method", "precision", "config", "metric", "weights_id"]
 
 
 def row(record: dict, gallery: str | None = None) -> dict:
@@ -45,7 +45,7 @@ def row(record: dict, gallery: str | None = None) -> dict:
         "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "lo_maps": record["report"].get("lo_maps"),
-        "wall_s": record["wall_s"], "device": record["device"],
+        "wall_s": record["wall_s"], "device": record["device"], "weights_id": record.get("weights_id"),
         "stale": is_stale(record), "gallery": gallery, "timestamp": record["timestamp"], "config_key": record["key"],
         "config": _config_text(cfg),
         "quant_metrics": {k: round(v, 3) for k, v in record["quant"].items() if k != "n_eval"},
@@ -96,7 +96,8 @@ def table(store: ResultStore, task: str) -> pd.DataFrame:
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over seeds of every (model, method, precision, options)."""
+    """Mean and spread over seeds of every (model, method, precision, options, weights): seeds run
+    on other weights of the same model (a re-converted backbone, say) are never averaged together."""
     grouped = frame.groupby(GROUP, sort=True, dropna=False)
     out = grouped.agg(fp_value=("fp_value", "first"), quant_mean=("quant_value", "mean"),
                       quant_std=("quant_value", "std"), quant_min=("quant_value", "min"),
@@ -112,12 +113,19 @@ def options_suffix(frame: pd.DataFrame) -> pd.Series:
     return frame["config"].map(lambda c: f" ({c})" if c else "")
 
 
+def _weights_suffix(summ: pd.DataFrame) -> pd.Series:
+    """" [weights ID]" where a model's rows ran on more than one set of weights, else ""."""
+    ids = summ["weights_id"].astype(str)
+    several = ids.groupby(summ["model"]).transform("nunique") > 1
+    return ids.where(several, "").map(lambda w: f" [weights {w}]" if w else "")
+
+
 def markdown(summ: pd.DataFrame) -> str:
     """One line per (model, method, options): the metric at each precision, mean ± std over seeds."""
     if summ.empty:
         return "(no finished cells)\n"
     cell = summ.apply(lambda r: f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else ""), axis=1)
-    wide = summ.assign(cell=cell, method=summ["method"] + options_suffix(summ))
+    wide = summ.assign(cell=cell, method=summ["method"] + options_suffix(summ) + _weights_suffix(summ))
     wide = wide.pivot_table(index=["model", "fp_value", "layout", "method"], columns="precision", values="cell",
                             aggfunc="first").reset_index().fillna("")
     wide.columns.name = None

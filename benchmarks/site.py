@@ -22,9 +22,9 @@ from benchmarks.store import ResultStore
 from clamp.cache import atomic_write_text
 
 ROW_COLUMNS = ["model", "method", "precision", "layout", "seed", "quant_value", "delta", "fp_value", "metric",
-               "mean_w_bits", "mean_a_bits", "compression_ratio", "gbops", "config", "stale", "cell"]
+               "mean_w_bits", "mean_a_bits", "compression_ratio", "gbops", "config", "weights_id", "stale", "cell"]
 SUMMARY_COLUMNS = ["model", "method", "precision", "layout", "config", "seeds", "quant", "delta_mean", "fp_value",
-                   "compression_ratio"]
+                   "compression_ratio", "weights_id"]
 
 
 def _table(frame: pd.DataFrame, table_id: str) -> str:

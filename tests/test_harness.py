@@ -161,6 +161,24 @@ def test_published_report_joins_reproduced_rows(store):
     assert pd.isna(frame.loc[("deit_small_patch16_224.fb_in1k", "psaq-vit", "W4A8")]["reproduced"])
 
 
+def test_seeds_on_other_weights_are_never_averaged_together(store):
+    """Two seeds of one cell configuration computed on different weights of the same model (a
+    backbone converted by older code, say) stay two summary rows, labelled by their weights."""
+    model = "pretrained_dinov2s_fmnist"
+    for seed, value, weights in ((0, 77.0, "aaaa"), (1, 79.0, "bbbb"), (2, 81.0, "bbbb")):
+        store.save(Cell("classification", model, "real", 8, 8, seed=seed),
+                   {"status": "ok", "metric": "top1", "fp": {"top1": 83.5}, "quant": {"top1": value, "n_eval": 2000},
+                    "compression": {"mean_w_bits": 8.0, "mean_a_bits": 8.0, "compression_ratio": 3.9,
+                                    "size_mb": 21.6, "n_params": 21_000_000},
+                    "report": {"calibration": "real:32", "n_calib": 32}, "wall_s": 1.0, "device": "test",
+                    "weights_id": weights, "versions": "test", "timestamp": "2026-11-30T00:00:00+00:00"})
+    summ = leaderboard.summary(leaderboard.table(store, "classification")).set_index("weights_id")
+    assert summ.loc["aaaa", "quant_mean"] == 77.0 and summ.loc["aaaa", "seeds"] == 1
+    assert summ.loc["bbbb", "quant_mean"] == 80.0 and summ.loc["bbbb", "seeds"] == 2
+    table = leaderboard.markdown(summ.reset_index())
+    assert "real [weights aaaa] | 77.00 |" in table and "real [weights bbbb] | 80.00 ± 1.41 |" in table
+
+
 def test_failed_recompute_keeps_the_good_record_and_its_row(store, monkeypatch):
     good = cell()
     run_cells([good], RunOptions(device="cpu"), store)
