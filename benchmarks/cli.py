@@ -92,6 +92,8 @@ def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> Non
     methods, unknown models, unreadable data or weights, a bad device, a read-only results folder."""
     _check_device(options.device)
     _check_writable(store.root)
+    if options.data_root and not Path(options.data_root).is_dir():  # the micro tier never reads it: catch it here
+        raise ValueError(f"--data-root {options.data_root} is not a folder: pass the dataset's root folder")
     for method, opts in {(c.method, json.dumps(c.method_options, sort_keys=True)) for c in cells}:
         make_method(method, **json.loads(opts))
     for cell in {(c.task, c.model, c.n_eval, json.dumps(c.task_options, sort_keys=True)): c for c in cells}.values():

@@ -288,6 +288,7 @@ RUN = ["run", "--model", SWIN, "--method", "gaussian", "--w-bits", "4", "--a-bit
     (["--quant-option", "layout=upside-down"], "unknown layout"),
     (["--quant-option", "symmetric=true"], "belong to layout=inputs"),
     (["--checkpoint", "/nonexistent.safetensors"], "does not exist"),
+    (["--data-root", "/nonexistent"], "is not a folder"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
     from benchmarks.cli import main
