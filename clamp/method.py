@@ -246,7 +246,7 @@ class Search:
         was outweighed by the loss of a pretrained model (a plan 2.3% over the W4/A8 size)."""
         if self.mixed:
             self.bits.update(cand.bits)
-            if self.budget.violation(self.bits) > 0:
+            if not self.budget.admissible(self.bits):
                 return math.inf
         self.apply(self.groups[i][1], cand)
         with BlockOutputs(self.qnet, [self.q_blocks[i]]) as rec:

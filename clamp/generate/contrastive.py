@@ -6,17 +6,38 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+def _offsets(radius: int) -> list[tuple[int, int]]:
+    """(dy, dx) of a (2r+1)x(2r+1) neighbourhood, the centre excluded, in row-major order."""
+    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy or dx]
+
+
 def neighbours(h: int, w: int, radius: int = 1,
                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(index, valid), both (h*w, (2r+1)^2 - 1): the patches in each patch's (2r+1)x(2r+1)
     spatial neighbourhood, itself excluded; ``valid`` is False where it leaves the grid."""
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     ys, xs = ys.reshape(-1, 1), xs.reshape(-1, 1)
-    offsets = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1) if dy or dx]
-    dy, dx = (torch.tensor(v, device=device).view(1, -1) for v in zip(*offsets, strict=True))
+    dy, dx = (torch.tensor(v, device=device).view(1, -1) for v in zip(*_offsets(radius), strict=True))
     ny, nx = ys + dy, xs + dx
     valid = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
     return ny.clamp(0, h - 1) * w + nx.clamp(0, w - 1), valid
+
+
+def neighbour_similarities(tokens: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """(B, H*W, K): each patch's dot product with its K = (2r+1)^2 - 1 neighbours, in the order of
+    ``neighbours`` (0 where a neighbour leaves the grid), from unit tokens (B, H, W, C). Each
+    offset o of the first half is one product of the grid with its shifted copy (no gathered
+    (B, P, K, C) tensor, whose backward, a scatter-add, was a quarter of a CPU generation step);
+    the mirrored offset -o is the same (B, H, W) map shifted, since sim(p, p + o) = sim(p + o, p)."""
+    b, h, w, _ = tokens.shape
+    r = radius
+    padded = F.pad(tokens, (0, 0, r, r, r, r))
+    offsets = _offsets(r)
+    half = {o: (tokens * padded[:, r + o[0]:r + o[0] + h, r + o[1]:r + o[1] + w]).sum(-1)
+            for o in offsets[len(offsets) // 2:]}  # the offsets after the centre
+    for (dy, dx), sim in list(half.items()):
+        half[(-dy, -dx)] = F.pad(sim, (r, r, r, r))[:, r - dy:r - dy + h, r - dx:r - dx + w]
+    return torch.stack([half[o] for o in offsets], -1).reshape(b, h * w, -1)
 
 
 def select_positives(near_sim: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,9 +66,10 @@ def patch_contrastive_loss(grid: torch.Tensor, tau: float = 0.1, k: int = 4, rad
     if negatives not in NEGATIVES:
         raise ValueError(f"unknown negatives {negatives!r}: use {' or '.join(NEGATIVES)}")
     b, h, w, c = grid.shape
-    tokens = F.normalize(grid.reshape(b, h * w, c), dim=-1)
-    index, valid = neighbours(h, w, radius, grid.device)
-    near = torch.einsum("bpc,bpkc->bpk", tokens, tokens[:, index]) / tau  # (B, P, K) neighbour logits
+    unit = F.normalize(grid, dim=-1)
+    tokens = unit.reshape(b, h * w, c)
+    _, valid = neighbours(h, w, radius, grid.device)
+    near = neighbour_similarities(unit, radius) / tau  # (B, P, K) neighbour logits
     top, top_valid = select_positives(near, valid, k)
     numer = torch.logsumexp(near.gather(-1, top).masked_fill(~top_valid, float("-inf")), dim=-1)
     if negatives == "neighbourhood":

@@ -31,8 +31,7 @@ class BitBudget:
     def bops(self, bits: dict[str, int]) -> int:
         return sum(macs * bits[w] * (bits[a] if a in bits else FP_BITS) for w, a, macs in self.costs)
 
-    def violation(self, bits: dict[str, int]) -> float:
-        """0 for an admissible plan, else its relative excess in size plus that in BOPS."""
-        tol = 1e-9  # the same plan summed in another order must not count as a violation
-        over_size = max(0.0, self.size(bits) / self.target_size - 1 - tol)
-        return over_size + max(0.0, self.bops(bits) / self.target_bops - 1 - tol)
+    def admissible(self, bits: dict[str, int]) -> bool:
+        """Neither size nor BOPS above the target (up to summation order)."""
+        tol = 1 + 1e-9  # the same plan summed in another order must not count as over
+        return self.size(bits) <= self.target_size * tol and self.bops(bits) <= self.target_bops * tol
