@@ -3,7 +3,7 @@
 Targets (checked by reading the JSON, never asserted): fake-quant forward (reference layout) at most 1.5x the FP
 forward of the same micro model and batch; a full CLAMP-ViT micro cell under 5 minutes on 2 cores; a
 CLAMP-ViT generation step on the micro detector's Swin backbone (32 canvases of 128 px) under 0.35 s on 2 cores
-(0.45 s with the gathered neighbourhood, which made the micro detection cell 12.3 minutes).
+(0.45 s with the gathered neighbourhood, which made the micro detection cell 11.9 minutes).
 """
 
 import pytest
