@@ -90,8 +90,16 @@ class DetectionTask(MMTask):
         return dataloader, evaluator
 
     def convert(self, metrics: dict) -> dict[str, float]:
-        """CocoMetric's fractions as percents: box and mask mAP, AP50, AP75."""
+        """CocoMetric's fractions as percents: box and mask mAP, AP50, AP75. A detector that finds
+        nothing in any image scores 0 with ``no_detections`` = 1: CocoMetric then logs "The testing
+        results of the whole dataset is empty" and returns no key at all (mmdet 3.x
+        evaluation/metrics/coco_metric.py, ``compute_metrics``)."""
         out = {}
+        if not metrics:
+            kinds = self.cfg.test_evaluator.metric
+            metrics = {f"coco/{kind}_mAP{suffix}": 0.0 for kind in ([kinds] if isinstance(kinds, str) else kinds)
+                       for suffix in ("", "_50", "_75")}
+            out["no_detections"] = 1.0
         for kind in ("bbox", "segm"):
             for suffix in ("", "_50", "_75"):
                 key = f"coco/{kind}_mAP{suffix}"

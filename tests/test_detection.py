@@ -117,6 +117,17 @@ def test_coco_subset_scores_only_its_images(task):
     assert len(images) == N_EVAL
 
 
+def test_a_detector_that_finds_nothing_scores_zero_with_a_flag():
+    """CocoMetric returns no key when no image has a detection; the row still gets its metric."""
+    task = DetectionTask(MODEL, n_eval=4)
+    model = copy.deepcopy(task.build_model())  # build_model returns the task's one FP model
+    model.roi_head.test_cfg.score_thr = 1.1  # above any softmax score: every box is dropped
+    metrics = task.evaluate(model)
+    assert metrics == {**{f"{kind}_mAP{suffix}": 0.0 for kind in ("bbox", "segm") for suffix in ("", "_50", "_75")},
+                       "no_detections": 1.0, "n_eval": 4}
+    assert "no_detections" not in task.evaluate(task.build_model())  # the trained detector finds its objects
+
+
 def test_requested_device_holds_through_fp_eval_quantization_and_quantized_eval(monkeypatch):
     """On a GPU machine mmengine's Runner moves a model to its default device, cuda:0. Here that
     default is made to differ from the requested device ('meta'): nothing may follow it."""
