@@ -197,6 +197,14 @@ def published_swin_t_backbone() -> dict:
     return {k: torch.zeros(v, dtype=torch.long if k.endswith("index") else torch.float) for k, v in shapes.items()}
 
 
+@pytest.mark.parametrize("model_id", DetectionTask.paper_models)
+def test_every_paper_detector_scores_box_and_mask_ap(model_id):
+    """As the published weights report them (mmdet's 3x Cascade recipe alone scores boxes only)."""
+    from mmengine.config import Config
+
+    assert Config.fromfile(str(DetectionTask._config_path(model_id))).test_evaluator.metric == ["bbox", "segm"]
+
+
 def test_published_cascade_swin_keys_load_strictly():
     """A state dict with the published Swin-T Cascade Mask R-CNN names and shapes (backbone in the
     Swin repository's layout, mmdet 2.x heads) loads strictly into our config after conversion."""

@@ -41,3 +41,8 @@ model = dict(
     neck=dict(in_channels=[96, 192, 384, 768]),
     roi_head=dict(bbox_head=[_bbox_head([0.1, 0.1, 0.2, 0.2]), _bbox_head([0.05, 0.05, 0.1, 0.1]),
                              _bbox_head([0.033, 0.033, 0.067, 0.067])]))
+# The Swin detection repository scores box and mask AP (its configs/_base_/datasets/coco_instance.py,
+# mmdet 2.x: evaluation = dict(metric=['bbox', 'segm'])); mmdet 3.3's common/ms_3x_coco-instance.py,
+# the base here, scores boxes only.
+val_evaluator = dict(metric=['bbox', 'segm'])
+test_evaluator = dict(metric=['bbox', 'segm'])
