@@ -94,14 +94,18 @@ def init_distributed() -> None:
 
 
 def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
-    """FP metrics of a (task, model, weights, eval set), cached: every cell of that model shares them."""
-    key = config_key([cell.task, cell.model, cell.n_eval, task.weights_id, options.data_root,
+    """FP metrics of a (task, model, weights, eval set), cached per committed code: every cell of
+    that model shares them, and a change to the evaluation (a metric added, a fix) recomputes them.
+    Uncommitted code is evaluated afresh and never cached."""
+    code = None if commit().endswith("+dirty") else code_fingerprint()
+    key = config_key([cell.task, cell.model, cell.n_eval, task.weights_id, options.data_root, code,
                       *([cell.task_options] if cell.task_options else [])])
     path = CACHE / "fp" / f"{key}.json"
-    if path.is_file():
+    if code and path.is_file():
         return json.loads(path.read_text())
     metrics = task.evaluate(task.build_model())
-    atomic_write_text(path, json.dumps(metrics))
+    if code:
+        atomic_write_text(path, json.dumps(metrics))
     return metrics
 
 

@@ -118,6 +118,25 @@ def test_rerun_skips_finished_cells_and_redoes_corrupt_ones(store, monkeypatch):
     assert calls == [cells[1].key]
 
 
+def test_fp_metrics_are_cached_per_committed_code_and_never_for_uncommitted(monkeypatch, tmp_path):
+    """A cached FP evaluation made by other code (a metric added since, a fix) is not reused."""
+    from tasks import make_task
+
+    monkeypatch.setattr(runner, "CACHE", tmp_path)
+    task, c, options = make_task("classification", SWIN, n_eval=200), cell(), RunOptions(device="cpu")
+    evaluations = []
+    monkeypatch.setattr(task, "evaluate", lambda model: evaluations.append(model) or {"top1": float(len(evaluations))})
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: "aaaa")
+    first = runner._fp_metrics(task, c, options)
+    assert runner._fp_metrics(task, c, options) == first and len(evaluations) == 1
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: "bbbb")
+    assert runner._fp_metrics(task, c, options) == {"top1": 2.0}
+    monkeypatch.setattr(runner, "commit", lambda: "0123456789ab+dirty")
+    assert runner._fp_metrics(task, c, options) == {"top1": 3.0}
+    assert runner._fp_metrics(task, c, options) == {"top1": 4.0}
+    assert len(list(tmp_path.glob("fp/*.json"))) == 2
+
+
 def test_failing_cell_is_recorded_and_the_rest_finish(store):
     records = run_cells([cell("always-fails"), cell()], RunOptions(device="cpu"), store)
     assert records[0]["status"] == "failed" and "boom" in records[0]["error"]
