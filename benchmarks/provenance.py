@@ -38,6 +38,12 @@ def code_fingerprint(rev: str = "HEAD") -> str | None:
     return hashlib.sha256(" ".join(trees).encode()).hexdigest()[:12]
 
 
+def committed_code() -> str | None:
+    """This checkout's code fingerprint, or None when its tracked files have uncommitted changes
+    (their numbers are '+dirty': never rows, never cached)."""
+    return None if commit().endswith("+dirty") else code_fingerprint()
+
+
 def record_fingerprint(record: dict) -> str | None:
     """The code fingerprint a record was computed with: stored, or derived from its commit."""
     if record.get("code"):

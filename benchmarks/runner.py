@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from benchmarks.cell import Cell
-from benchmarks.provenance import code_fingerprint, commit, device_name, versions
+from benchmarks.provenance import committed_code, device_name, versions
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write_text, cache_dir, config_key, file_sha256
 from clamp.quant import compression_report, quant_state
@@ -97,7 +97,7 @@ def _fp_metrics(task, cell: Cell, options: RunOptions) -> dict[str, float]:
     """FP metrics of a (task, model, weights, eval set), cached per committed code: every cell of
     that model shares them, and a change to the evaluation (a metric added, a fix) recomputes them.
     Uncommitted code is evaluated afresh and never cached."""
-    code = None if commit().endswith("+dirty") else code_fingerprint()
+    code = committed_code()
     key = config_key([cell.task, cell.model, cell.n_eval, task.weights_id, options.data_root, code,
                       *([cell.task_options] if cell.task_options else [])])
     path = CACHE / "fp" / f"{key}.json"
@@ -124,7 +124,7 @@ def run_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
     quant = task.evaluate(qmodel)
     return {
         "status": "ok", "metric": task.metric, "fp": fp, "quant": quant, "weights_id": task.weights_id,
-        "code": None if commit().endswith("+dirty") else code_fingerprint(),
+        "code": committed_code(),
         "compression": compression_report(qmodel), "report": report, "quant_state": quant_state(qmodel),
         "quant_s": round(quant_s, 2), "wall_s": round(time.time() - start, 2),
         "device": device_name(device), "versions": versions(),

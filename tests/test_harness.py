@@ -30,7 +30,6 @@ def clean_checkout(monkeypatch):
     these tests are about the harness, so they run as from a clean commit."""
     from benchmarks import provenance
     monkeypatch.setattr(provenance, "commit", lambda: "0123456789ab")
-    monkeypatch.setattr(runner, "commit", lambda: "0123456789ab")
 
 
 @pytest.fixture
@@ -126,12 +125,12 @@ def test_fp_metrics_are_cached_per_committed_code_and_never_for_uncommitted(monk
     task, c, options = make_task("classification", SWIN, n_eval=200), cell(), RunOptions(device="cpu")
     evaluations = []
     monkeypatch.setattr(task, "evaluate", lambda model: evaluations.append(model) or {"top1": float(len(evaluations))})
-    monkeypatch.setattr(runner, "code_fingerprint", lambda: "aaaa")
+    monkeypatch.setattr(runner, "committed_code", lambda: "aaaa")
     first = runner._fp_metrics(task, c, options)
     assert runner._fp_metrics(task, c, options) == first and len(evaluations) == 1
-    monkeypatch.setattr(runner, "code_fingerprint", lambda: "bbbb")
+    monkeypatch.setattr(runner, "committed_code", lambda: "bbbb")
     assert runner._fp_metrics(task, c, options) == {"top1": 2.0}
-    monkeypatch.setattr(runner, "commit", lambda: "0123456789ab+dirty")
+    monkeypatch.setattr(runner, "committed_code", lambda: None)  # uncommitted changes
     assert runner._fp_metrics(task, c, options) == {"top1": 3.0}
     assert runner._fp_metrics(task, c, options) == {"top1": 4.0}
     assert len(list(tmp_path.glob("fp/*.json"))) == 2
