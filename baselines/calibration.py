@@ -26,6 +26,7 @@ class ImageCalibration:
 
     n: int = 32
     label_free = True
+    mixed_precision = False
 
     def images(self, task: Task, seed: int) -> torch.Tensor:
         raise NotImplementedError

@@ -66,6 +66,7 @@ class PSAQViT(PSAQOptions):
 
     name = "psaq-vit"
     label_free = False
+    mixed_precision = False
 
     def generate(self, task: Task, net: nn.Module, seed: int) -> torch.Tensor:
         if not task.num_classes:

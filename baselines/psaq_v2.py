@@ -64,6 +64,7 @@ class PSAQViTV2(PSAQOptions):
 
     name = "psaq-vit-v2"
     label_free = True
+    mixed_precision = False
 
     def warm_start(self, task: Task, net: nn.Module, seed: int) -> torch.Tensor:
         spec = task.input_spec

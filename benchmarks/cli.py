@@ -4,6 +4,7 @@
     clamp-bench run --model micro_deit_patch4_32 --method gaussian --w-bits 4 --a-bits 8
     clamp-bench compare --method my-method --suite micro-classification
     clamp-bench leaderboard
+    clamp-bench fingerprint
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ import torch
 
 from benchmarks import dry_run, leaderboard, published, site, suites
 from benchmarks.cell import Cell
+from benchmarks.fingerprint import Fingerprints, backfill, path_name, path_of
+from benchmarks.provenance import is_dirty
 from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_cells, with_weights
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import ResultStore
 from clamp.cache import cache_dir
-from clamp.registry import available_methods, make_method
+from clamp.registry import available_methods, get_method, make_method, supports_mixed
 from tasks import TASKS, make_task, task_class
 from tasks.weights import offline
 
@@ -96,11 +99,20 @@ def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> Non
         raise ValueError(f"--data-root {options.data_root} is not a folder: pass the dataset's root folder")
     for method, opts in {(c.method, json.dumps(c.method_options, sort_keys=True)) for c in cells}:
         make_method(method, **json.loads(opts))
+    for cell in cells:
+        if cell.mixed and not supports_mixed(cell.method):
+            raise ValueError(f"{cell.method} has no mixed-precision search: run it at fixed precision "
+                             f"(W{cell.w_bits}A{cell.a_bits}), or {cell.precision} with a method that has one")
     for cell in {(c.task, c.model, c.n_eval, json.dumps(c.task_options, sort_keys=True)): c for c in cells}.values():
         kwargs = {**options.task_kwargs(cell.model), "device": "cpu"}  # nothing is moved here
         task = make_task(cell.task, cell.model, n_eval=cell.n_eval, **kwargs, **cell.task_options)
         task.check_data()
         task.build_model()  # weights present and loadable
+        if task.num_classes is None:
+            for method in sorted({c.method for c in cells if c.task == cell.task}):
+                if not get_method(method).label_free:
+                    raise ValueError(f"{method} needs class labels, which the {cell.task} task has not: "
+                                     "use a label-free method (clamp-vit, psaq-vit-v2, gaussian, real)")
 
 
 def _store(args: argparse.Namespace, personal: bool) -> ResultStore:
@@ -143,22 +155,81 @@ def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: 
     return records
 
 
+# with the task (one per suite): what a comparison holds equal
+SAME_CONDITIONS = ["model", "precision", "layout", "weights_id", "n_eval"]
+
+
 def compare(args: argparse.Namespace) -> None:
-    """Run ``args.method`` on the cells of a suite and print its delta against the suite's methods
-    (read from the committed leaderboard, or $CLAMP_RESULTS)."""
+    """Run ``args.method`` on the cells of a suite and print its delta against every other method of
+    the suite under identical conditions: same task, model, precision, layout, weights and
+    evaluation set, the other methods at their default options (ablations never enter a mean).
+    The others are read from --results-dir, else the committed leaderboard (or $CLAMP_RESULTS)."""
     suite_cells = suites.expand(suites.load_suite(args.suite))
     options = dict(args.option)
     mine = list({c.key: c for c in (dataclasses.replace(c, method=args.method, method_options=options)
                                     for c in suite_cells)}.values())
     records = [r for r in _run(mine, args, _store(args, personal=True)) if r and r["status"] == "ok"]
-    theirs = [r for r in (ResultStore().load(c) for c in suite_cells) if r and r["status"] == "ok"]
+    board = _store(args, personal=False)
+    theirs = [r for r in (board.load(c) for c in suite_cells if c.method != args.method)
+              if r and r["status"] == "ok"]
     if not theirs:
-        print(f"no leaderboard cells of suite {args.suite} yet: run `clamp-bench suite {args.suite}` first")
-    frame = pd.DataFrame([leaderboard.row(r) for r in records + theirs])
-    means = frame.groupby(["model", "precision", "method"])["quant_value"].mean().unstack("method")
-    for other in means.columns.drop(args.method):
-        means[f"delta vs {other}"] = means[args.method] - means[other]
-    print(means.round(2).to_string())
+        print(f"no leaderboard cells of suite {args.suite} in {board.root} yet: run `clamp-bench suite {args.suite}`")
+    print(comparison(pd.DataFrame([leaderboard.row(r) for r in records]),
+                     pd.DataFrame([leaderboard.row(r) for r in theirs]), args.method))
+
+
+def comparison(mine: pd.DataFrame, theirs: pd.DataFrame, method: str) -> str:
+    """One line per (model, precision, layout, weights, evaluation set): the method's mean over
+    seeds, each other method's (default options only) and the deltas; then what was left out."""
+    if mine.empty:
+        return f"no finished cell of {method} to compare"
+    def listed(rows: pd.DataFrame, *columns: str) -> str:
+        return ", ".join(sorted(set(rows[list(columns)].astype(str).agg(" ".join, axis=1))))
+
+    left_out = []
+    if not theirs.empty:
+        ablations = theirs[theirs["config"] != ""]
+        if len(ablations):
+            left_out.append(f"{len(ablations)} rows with non-default options ({listed(ablations, 'method', 'config')})")
+        theirs = theirs[theirs["config"] == ""]
+        conditions = set(map(tuple, mine[SAME_CONDITIONS].astype(str).to_numpy()))
+        unmatched = theirs[[tuple(r) not in conditions for r in theirs[SAME_CONDITIONS].astype(str).to_numpy()]]
+        if len(unmatched):
+            left_out.append(f"{len(unmatched)} rows under conditions that {method} has no cell for "
+                            f"({listed(unmatched, 'model', 'precision', 'layout')})")
+        theirs = theirs.drop(unmatched.index)
+    both = pd.concat([mine, theirs]).assign(n_eval=lambda f: f["n_eval"].astype(str))
+    stats = both.groupby([*SAME_CONDITIONS, "method"])["quant_value"].agg(["mean", "count"]).unstack("method")
+    out = pd.DataFrame(index=stats.index)
+    out[method] = stats["mean"][method]
+    out["seeds"] = stats["count"][method].astype(int)
+    for other in sorted(set(stats["mean"].columns) - {method}):
+        out[other] = stats["mean"][other]
+        out[f"{other} seeds"] = stats["count"][other].fillna(0).astype(int)
+        out[f"delta vs {other}"] = out[method] - out[other]
+    text = out.reset_index().round(2).to_string(index=False)
+    return text + "".join(f"\nleft out: {line}" for line in left_out)
+
+
+def fingerprint(args: argparse.Namespace) -> None:
+    """Every code path the stored rows take: today's fingerprint, its rows and how many are stale
+    (after --backfill: the fingerprints of old records' paths at their own commits)."""
+    store = _store(args, personal=False)
+    fps = Fingerprints(store.root)
+    records = [r for task in TASKS for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
+    if args.backfill:
+        for code, n in backfill(records, fps).items():
+            print(f"backfilled {n} paths at code {code}")
+    stale = fps.stale(records)
+    today = fps.today(path_of(r["config"]) for r in records)
+    rows = pd.DataFrame([{"path": path_name(path_of(r["config"])), "stale": stale[r["key"]]} for r in records])
+    if rows.empty:
+        print(f"no rows in {store.root}")
+        return
+    per_path = rows.groupby("path")["stale"].agg(rows="count", stale="sum").reset_index()
+    per_path.insert(1, "fingerprint", per_path["path"].map(lambda p: today.get(p) or "fails today"))
+    print(per_path.to_string(index=False))
+    print(f"{int(per_path['stale'].sum())} of {len(rows)} rows stale, on {len(per_path)} paths")
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -241,6 +312,12 @@ def main(argv: list[str] | None = None) -> None:
 
     board = sub.add_parser("leaderboard", help="rebuild results/<task>.csv, summaries, tables, plots, published report")
     board.add_argument("--results-dir", help="the results folder (default: $CLAMP_RESULTS, else results/)")
+    prints = sub.add_parser("fingerprint", help="every code path of the stored rows: its behaviour fingerprint today, "
+                                                "its rows, how many are stale")
+    prints.add_argument("--results-dir", help="the results folder (default: $CLAMP_RESULTS, else results/)")
+    prints.add_argument("--backfill", action="store_true",
+                        help="first compute the fingerprints of old records' paths at their own commits (a git "
+                             "worktree each)")
     get = sub.add_parser("fetch", help="download the published weights of a suite's models into the libraries' "
                                        "caches (offline: list what is missing and where it comes from)")
     get.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
@@ -259,8 +336,10 @@ def main(argv: list[str] | None = None) -> None:
             task_options = dict(args.task_option)
             if args.cfg_options:
                 task_options["cfg_options"] = dict(args.cfg_options)
+            # without --n-eval the whole split, counted as the suites count it: the same cell as theirs
+            n_eval = args.n_eval if args.n_eval is not None else task_class(args.task).eval_size(args.model)
             cells = [Cell(args.task, args.model, args.method, args.w_bits, args.a_bits, args.seed, args.mixed,
-                          args.n_eval, dict(args.option), dict(args.quant_option), task_options)]
+                          n_eval, dict(args.option), dict(args.quant_option), task_options)]
             records = _run(cells, args, _store(args, personal=True))
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "suite":
@@ -271,15 +350,18 @@ def main(argv: list[str] | None = None) -> None:
             plan = dry_run.plan(cells, store)
             only = {c.key for c in plan.stale} if args.stale else None
             if args.dry_run:
-                print(plan.describe())
+                print(plan.describe(args.stale))
                 return
             if not (args.force or args.stale or plan.to_run):
                 print(plan.all_finished(args.name, store))
                 return
             records = _run(cells, args, store, only, checkpoints)
+            print(leaderboard.cells_table(store, cells))
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "compare":
             compare(args)
+        if args.command == "fingerprint":
+            fingerprint(args)
         if args.command == "fetch":
             sys.exit(fetch(args))
         if args.command == "leaderboard":

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from benchmarks import leaderboard
 from benchmarks.cell import Cell
+from benchmarks.fingerprint import Fingerprints
 from benchmarks.store import ResultStore
 
 
@@ -23,9 +24,11 @@ class Plan:
         text = f"about {sum(known) / 60:.0f} min" if known else "no estimate"
         return text + (f" (+{unknown} cells never timed here)" if unknown and known else "")
 
-    def describe(self) -> str:
-        lines = [f"{len(self.to_run)} to run ({self.estimate(self.to_run)}), {len(self.finished)} finished "
-                 f"({len(self.stale)} of them stale)"]
+    def describe(self, stale: bool = False) -> str:
+        """What the suite would do; ``stale``: what it would do with --stale (the stale cells run too)."""
+        runs = self.to_run + (self.stale if stale else [])
+        lines = [f"{len(runs)} to run ({self.estimate(runs)}), {len(self.finished)} finished "
+                 f"({len(self.stale)} of them stale{', recomputed' if stale else ''})"]
         for label, cells in (("run", self.to_run), ("stale", self.stale)):
             for c in cells:
                 est = self.seconds[c.key]
@@ -35,13 +38,10 @@ class Plan:
         return "\n".join(lines)
 
     def all_finished(self, name: str, store: ResultStore) -> str:
-        tasks = sorted({c.task for c in self.finished})
-        tables = "\n".join(leaderboard.markdown(leaderboard.summary(leaderboard.table(store, t)))
-                           for t in tasks)
         return (f"all {len(self.finished)} cells of {name} are finished: their records are in {store.root} "
-                f"(in a fresh clone, the committed leaderboard).\n{tables}\n"
-                f"Recompute them with --force ({self.estimate(self.finished)}) or only the "
-                f"{len(self.stale)} computed by older code with --stale ({self.estimate(self.stale)}).")
+                f"(in a fresh clone, the committed leaderboard). Recompute them with --force "
+                f"({self.estimate(self.finished)}) or only the {len(self.stale)} stale ones with --stale "
+                f"({self.estimate(self.stale)}).\n{leaderboard.cells_table(store, self.finished)}")
 
 
 def plan(cells: list[Cell], store: ResultStore) -> Plan:
@@ -50,12 +50,14 @@ def plan(cells: list[Cell], store: ResultStore) -> Plan:
     and method."""
     out = Plan()
     records = {c.key: store.load(c) for c in cells}
+    finished = [r for r in records.values() if r and r["status"] == "ok"]
+    stale = Fingerprints(store.root).stale(finished)
     timed = [r for task in sorted({c.task for c in cells}) for r in store.records(task) if r["status"] == "ok"]
     for c in cells:
         record = records[c.key]
         if record and record["status"] == "ok":
             out.finished.append(c)
-            if leaderboard.is_stale(record):
+            if stale[record["key"]]:
                 out.stale.append(c)
         else:
             out.to_run.append(c)

@@ -1,7 +1,7 @@
 """The leaderboard: stored cells -> one CSV per task (one row per cell), a summary over seeds,
 a markdown table and a plot of the metric against the compression ratio. Built with pandas; the
-same cells always give the same bytes. Records from a dirty work tree never become rows; rows
-whose code (clamp/, baselines/, tasks/) differs from the checkout's are marked ``stale``."""
+same cells always give the same bytes. Records from a dirty work tree never become rows; a row is
+``stale`` when today's code computes something else on its path (benchmarks/fingerprint.py)."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.provenance import code_fingerprint, is_dirty, record_fingerprint
+from benchmarks.fingerprint import Fingerprints
+from benchmarks.provenance import is_dirty
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write, atomic_write_text
 
@@ -19,15 +20,20 @@ from clamp.cache import atomic_write, atomic_write_text
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
            "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "lo_maps",
-           "wall_s", "device", "weights_id", "stale", "gallery", "timestamp", "config_key", "config"]
+           "wall_s", "device", "weights_id", "stale", "behaviour", "gallery", "timestamp", "config_key", "config"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
 SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "layout", "method", "precision", "config", "metric", "weights_id"]
 
 
-def row(record: dict, gallery: str | None = None) -> dict:
+STALE_MARK = "†"
+STALE_NOTE = "today's code computes something else on the path of a seed (clamp-bench fingerprint)"
+
+
+def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour: str | None = None) -> dict:
     """One CSV row from a stored cell record (metrics in percent); ``gallery``: the path of its
-    synthetic images' PNG grid, relative to the results folder."""
+    synthetic images' PNG grid, relative to the results folder; ``behaviour``: the fingerprint of
+    its path at the code that computed it."""
     cfg, metric, comp = record["config"], record["metric"], record["compression"]
     fp, quant = record["fp"][metric], record["quant"][metric]
     precision = f"{'MP-' if cfg['mixed'] else ''}W{cfg['w_bits']}A{cfg['a_bits']}"
@@ -46,7 +52,8 @@ def row(record: dict, gallery: str | None = None) -> dict:
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "lo_maps": record["report"].get("lo_maps"),
         "wall_s": record["wall_s"], "device": record["device"], "weights_id": record.get("weights_id"),
-        "stale": is_stale(record), "gallery": gallery, "timestamp": record["timestamp"], "config_key": record["key"],
+        "stale": stale, "behaviour": behaviour, "gallery": gallery, "timestamp": record["timestamp"],
+        "config_key": record["key"],
         "config": _config_text(cfg),
         "quant_metrics": {k: round(v, 3) for k, v in record["quant"].items() if k != "n_eval"},
         "method_options": cfg["method_options"],
@@ -78,15 +85,12 @@ def gallery(record: dict, root: Path) -> str | None:
     return str(target.relative_to(root)) if target.is_file() else None
 
 
-def is_stale(record: dict) -> bool:
-    """Computed by other code than this checkout's (or by uncommitted code)."""
-    current = code_fingerprint()
-    return is_dirty(record) or current is None or record_fingerprint(record) != current
-
-
-def table(store: ResultStore, task: str) -> pd.DataFrame:
-    """One flat row per good record of ``task`` from a clean commit."""
-    rows = [row(r, gallery(r, store.root)) for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
+def table(store: ResultStore, task: str, fingerprints: Fingerprints | None = None) -> pd.DataFrame:
+    """One flat row per good record of ``task`` from a clean commit, stale ones marked."""
+    records = [r for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
+    fps = fingerprints or Fingerprints(store.root)
+    stale = fps.stale(records)
+    rows = [row(r, gallery(r, store.root), stale[r["key"]], fps.of_record(r)) for r in records]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.json_normalize(rows, sep=".", max_level=1)
@@ -103,7 +107,8 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                       quant_std=("quant_value", "std"), quant_min=("quant_value", "min"),
                       quant_max=("quant_value", "max"), seeds=("seed", "count"),
                       mean_w_bits=("mean_w_bits", "mean"), mean_a_bits=("mean_a_bits", "mean"),
-                      compression_ratio=("compression_ratio", "mean"), gbops=("gbops", "mean")).reset_index()
+                      compression_ratio=("compression_ratio", "mean"), gbops=("gbops", "mean"),
+                      stale=("stale", "sum")).reset_index()
     out["delta_mean"] = out["quant_mean"] - out["fp_value"]
     return out.round(3)
 
@@ -124,14 +129,28 @@ def markdown(summ: pd.DataFrame) -> str:
     """One line per (model, method, options): the metric at each precision, mean ± std over seeds."""
     if summ.empty:
         return "(no finished cells)\n"
-    cell = summ.apply(lambda r: f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else ""), axis=1)
+    cell = summ.apply(lambda r: f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else "")
+                      + (f" {STALE_MARK}" if r.stale else ""), axis=1)
     wide = summ.assign(cell=cell, method=summ["method"] + options_suffix(summ) + _weights_suffix(summ))
     wide = wide.pivot_table(index=["model", "fp_value", "layout", "method"], columns="precision", values="cell",
                             aggfunc="first").reset_index().fillna("")
     wide.columns.name = None
     header = "| " + " | ".join(wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
     lines = ["| " + " | ".join(str(v) for v in r) + " |" for r in wide.itertuples(index=False)]
-    return header + "\n".join(lines) + "\n"
+    note = f"\n{STALE_MARK} stale: {STALE_NOTE}\n" if summ["stale"].any() else ""
+    return header + "\n".join(lines) + "\n" + note
+
+
+def cells_table(store: ResultStore, cells: list) -> str:
+    """The markdown tables of just these cells (a suite's), stale ones marked, and where the web
+    leaderboard of every cell is."""
+    keys = {c.key for c in cells}
+    tables = []
+    for task in sorted({c.task for c in cells}):
+        frame = table(store, task)
+        tables.append(markdown(summary(frame[frame["config_key"].isin(keys)])))
+    site = store.root / "site" / "index.html"
+    return "\n".join(tables) + f"\nthe web leaderboard of every cell: {site} (`clamp-bench leaderboard` rebuilds it)"
 
 
 def plot(summ: pd.DataFrame, path: Path) -> None:

@@ -14,25 +14,29 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = ("clamp", "baselines", "tasks")  # the packages that compute a cell's numbers
 
 
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+def git(*args: str, check: bool = False) -> str:
+    """What ``git ARGS`` prints in this checkout (``check``: a failing command raises)."""
+    proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    if check and proc.returncode:
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
 
 
 @cache
 def commit() -> str:
     """The project's git commit, with '+dirty' when tracked files other than results/ (which the
     harness itself rewrites) have uncommitted changes."""
-    sha = _git("rev-parse", "--short=12", "HEAD")
+    sha = git("rev-parse", "--short=12", "HEAD")
     if not sha:
         return "unknown"
-    return sha + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
+    return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 
 @cache
 def code_fingerprint(rev: str = "HEAD") -> str | None:
     """A hash of the git trees of clamp/, baselines/ and tasks/ at ``rev``: equal fingerprints,
     equal code. None when ``rev`` is unknown here (or this is no git checkout)."""
-    trees = _git("rev-parse", *(f"{rev}:{path}" for path in CODE)).split()
+    trees = git("rev-parse", *(f"{rev}:{path}" for path in CODE)).split()
     if len(trees) != len(CODE):
         return None
     return hashlib.sha256(" ".join(trees).encode()).hexdigest()[:12]

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from benchmarks.cell import Cell
+from benchmarks.fingerprint import Fingerprints, path_name, path_of
 from benchmarks.provenance import committed_code, device_name, versions
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write_text, cache_dir, config_key, file_sha256
@@ -155,12 +156,19 @@ def execute_cell(cell: Cell, options: RunOptions, store_root: str) -> dict[str, 
         return _compute_and_store(cell, options, store, name)
 
 
+def behaviour(cell: Cell, store: ResultStore) -> str | None:
+    """The fingerprint of the cell's path at this (committed) code: its canary, run once per code."""
+    path = path_of(cell.config())
+    return Fingerprints(store.root).today([path]).get(path_name(path))
+
+
 def _compute_and_store(cell: Cell, options: RunOptions, store: ResultStore, name: str) -> dict[str, Any]:
     handler = _cell_log(cell)
     log.addHandler(handler)
     log.info("%s: running (%s)", name, cell.key)
     try:
         record = run_cell(cell, options)
+        record["behaviour"] = behaviour(cell, store) if record["code"] else None
         log.info("%s: %s %.2f -> %.2f", name, record["metric"], record["fp"][record["metric"]],
                  record["quant"][record["metric"]])
     except (KeyboardInterrupt, SystemExit):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cell import Cell, parse_precision
+from clamp.registry import supports_mixed
 from clamp.task import RANDOM_WEIGHTS
 
 SUITES = Path(__file__).parent / "suites"
@@ -43,7 +44,8 @@ LIST_KEYS = ("models", "methods", "precisions", "seeds")
 
 
 def expand(suite: dict[str, Any]) -> list[Cell]:
-    """All cells of a suite, in file order, without duplicates; a malformed suite is one line."""
+    """All cells of a suite, in file order, without duplicates; a malformed suite is one line. An
+    ``MP-`` precision expands only for the methods that search bit-widths."""
     if "task" not in suite:
         raise ValueError('the suite has no `task`: add task = "classification", "detection" or "segmentation"')
     defaults = {k: v for k, v in suite.items() if k in GROUP_KEYS}
@@ -62,6 +64,8 @@ def expand(suite: dict[str, Any]) -> list[Cell]:
         for model, method, precision, seed in itertools.product(
                 g["models"], g["methods"], g["precisions"], g.get("seeds", [0])):
             w_bits, a_bits, mixed = parse_precision(precision)
+            if mixed and not supports_mixed(method):
+                continue
             cell = Cell(task=suite["task"], model=model, method=method, w_bits=w_bits, a_bits=a_bits, seed=seed,
                         mixed=mixed, n_eval=g.get("n_eval"),
                         method_options=g.get("method_options", {}).get(method, {}),

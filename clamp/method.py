@@ -107,6 +107,7 @@ class ClampViT:
 
     name = "clamp-vit"
     label_free = True
+    mixed_precision = True
 
     def __post_init__(self) -> None:
         if self.data not in DATA_SOURCES:

@@ -19,11 +19,13 @@ _METHODS: dict[str, type[Method]] = {}
 
 
 class Method(Protocol):
-    """Turns a FP model into a quantized one for a task. ``label_free`` methods work on a bare
-    backbone (detection, segmentation). Options are constructor keyword arguments."""
+    """Turns a FP model into a quantized one for a task. Capabilities: ``label_free`` methods work
+    on a bare backbone (detection, segmentation); ``mixed_precision`` methods search per-layer
+    bit-widths (``MP-`` cells). Options are constructor keyword arguments."""
 
     name: str
     label_free: bool
+    mixed_precision: bool
 
     def quantize(self, task: Task, model: nn.Module, config: QuantConfig,
                  seed: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -54,6 +56,11 @@ def get_method(name: str) -> type[Method]:
         cls.name = name
         _METHODS[name] = cls
     return _METHODS[name]
+
+
+def supports_mixed(name: str) -> bool:
+    """Whether method ``name`` can run an ``MP-`` cell (a class without the attribute cannot)."""
+    return bool(getattr(get_method(name), "mixed_precision", False))
 
 
 def make_method(name: str, **options: Any) -> Method:

@@ -111,6 +111,13 @@ class ClassificationTask:
         return combined[:16]
 
     @staticmethod
+    def eval_size(model_id: str) -> int | None:
+        """Images in the whole evaluation split of ``model_id`` where the repo fixes it (the
+        Fashion-MNIST test split), else None (a user's ImageNet)."""
+        base = model_id.split(".")[0]
+        return fashion_mnist.TEST_SIZE if base in zoo.MICRO_MODELS or base in pretrained.PRETRAINED_MODELS else None
+
+    @staticmethod
     def weight_file(model_id: str) -> WeightFile | None:
         """The published weights of a timm tag on the Hugging Face hub (None: they ship with the repo)."""
         base = model_id.split(".")[0]
@@ -175,7 +182,7 @@ class ClassificationTask:
         model.eval()
         shard = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         counts = torch.zeros(3, dtype=torch.float64)  # correct top-1, correct top-5, images
-        total = self.n_eval or (10000 if self.fmnist else 50000)
+        total = self.n_eval or self.eval_size(self.model_id) or 50000
         with tqdm(total=total // shard[1], desc=f"eval {self.model_id}", unit="img", leave=False,
                   disable=None) as bar:
             for x, y in self._batches("test", self.n_eval, seed=0, shard=shard):

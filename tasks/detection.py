@@ -94,16 +94,11 @@ class DetectionTask(MMTask):
         nothing in any image scores 0 with ``no_detections`` = 1: CocoMetric then logs "The testing
         results of the whole dataset is empty" and returns no key at all (mmdet 3.x
         evaluation/metrics/coco_metric.py, ``compute_metrics``)."""
-        out = {}
+        kinds = self.cfg.test_evaluator.metric
+        names = [f"{kind}_mAP{suffix}" for kind in ([kinds] if isinstance(kinds, str) else kinds)
+                 for suffix in ("", "_50", "_75")]
+        n_eval = self.eval_annotations[1]
         if not metrics:
-            kinds = self.cfg.test_evaluator.metric
-            metrics = {f"coco/{kind}_mAP{suffix}": 0.0 for kind in ([kinds] if isinstance(kinds, str) else kinds)
-                       for suffix in ("", "_50", "_75")}
-            out["no_detections"] = 1.0
-        for kind in ("bbox", "segm"):
-            for suffix in ("", "_50", "_75"):
-                key = f"coco/{kind}_mAP{suffix}"
-                if key in metrics:
-                    out[f"{kind}_mAP{suffix}"] = round(100 * float(metrics[key]), 2)
-        out["n_eval"] = self.eval_annotations[1]
-        return out
+            return {**dict.fromkeys(names, 0.0), "no_detections": 1.0, "n_eval": n_eval}
+        return {**{name: round(100 * float(metrics[f"coco/{name}"]), 2) for name in names if f"coco/{name}" in metrics},
+                "n_eval": n_eval}

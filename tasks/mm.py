@@ -114,6 +114,14 @@ class MMTask:
         return path
 
     @classmethod
+    def eval_size(cls, model_id: str) -> int | None:
+        """Images in the whole evaluation split where the repo fixes it (the generated micro val
+        split), else None (a user's COCO or ADE20K)."""
+        from tasks.micro.canvas import CanvasSpec
+
+        return CanvasSpec().n_val if model_id in cls.micro_models else None
+
+    @classmethod
     def weight_file(cls, model_id: str) -> WeightFile | None:
         """The published weights of a config (its metafile's URL, or the config's own
         ``published_weights`` key); None for a micro model, whose checkpoint is committed."""

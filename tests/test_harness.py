@@ -33,6 +33,14 @@ def clean_checkout(monkeypatch):
 
 
 @pytest.fixture
+def no_canaries(monkeypatch):
+    """For hand-made records of models no canary needs to run here (staleness is not the point):
+    every path's canary 'fails today', so every row is stale."""
+    from benchmarks import fingerprint
+    monkeypatch.setattr(fingerprint, "run_canaries", lambda root, paths: [{"path": p, "error": "not run"} for p in paths])
+
+
+@pytest.fixture
 def store(tmp_path):
     return ResultStore(tmp_path / "results")
 
@@ -160,7 +168,7 @@ def test_leaderboard_is_reproducible_and_complete(store):
     assert record["config"] == cell().config()
 
 
-def test_published_report_joins_reproduced_rows(store):
+def test_published_report_joins_reproduced_rows(store, no_canaries):
     from benchmarks.published import report
     model = "deit_tiny_patch16_224.fb_in1k"
     for seed, value in ((0, 65.0), (1, 66.0)):
@@ -179,7 +187,7 @@ def test_published_report_joins_reproduced_rows(store):
     assert pd.isna(frame.loc[("deit_small_patch16_224.fb_in1k", "psaq-vit", "W4A8")]["reproduced"])
 
 
-def test_seeds_on_other_weights_are_never_averaged_together(store):
+def test_seeds_on_other_weights_are_never_averaged_together(store, no_canaries):
     """Two seeds of one cell configuration computed on different weights of the same model (a
     backbone converted by older code, say) stay two summary rows, labelled by their weights."""
     model = "pretrained_dinov2s_fmnist"
@@ -194,7 +202,7 @@ def test_seeds_on_other_weights_are_never_averaged_together(store):
     assert summ.loc["aaaa", "quant_mean"] == 77.0 and summ.loc["aaaa", "seeds"] == 1
     assert summ.loc["bbbb", "quant_mean"] == 80.0 and summ.loc["bbbb", "seeds"] == 2
     table = leaderboard.markdown(summ.reset_index())
-    assert "real [weights aaaa] | 77.00 |" in table and "real [weights bbbb] | 80.00 ± 1.41 |" in table
+    assert "real [weights aaaa] | 77.00 † |" in table and "real [weights bbbb] | 80.00 ± 1.41 † |" in table
 
 
 def test_failed_recompute_keeps_the_good_record_and_its_row(store, monkeypatch):
@@ -255,10 +263,14 @@ def test_suite_names_a_checkpoint_per_model(tmp_path):
 
 
 def test_stale_rows_are_marked_and_dirty_ones_never_rows(store):
+    """A new record carries its path's fingerprint (its canary ran at this code): current; another
+    behaviour on the same path is stale; a dirty record is no row at all."""
     run_cells([cell()], RunOptions(device="cpu"), store)
     record = json.loads(store.path(cell()).read_text())
-    assert not leaderboard.is_stale(record)
-    assert leaderboard.is_stale({**record, "code": "0" * 12})
+    assert record["behaviour"] and (store.root / "fingerprints" / f"{record['code']}.json").is_file()
+    assert not leaderboard.table(store, "classification")["stale"].any()
+    store.path(cell()).write_text(json.dumps({**record, "behaviour": "0" * 10}))
+    assert leaderboard.table(store, "classification")["stale"].all()
     dirty = {**record, "versions": record["versions"].split(" commit=")[0] + " commit=abc+dirty"}
     store.path(cell()).write_text(json.dumps(dirty))
     assert leaderboard.table(store, "classification").empty
@@ -429,6 +441,18 @@ def test_dry_run_lists_and_estimates_and_a_finished_suite_says_so(tmp_path, caps
     main(["suite", str(suite), "--results-dir", str(store.root)])
     out = capsys.readouterr().out
     assert out.startswith("all 4 cells of") and "--force" in out and "| micro_swin_patch2_window4_32 |" in out
+    assert "†" not in out and out.strip().splitlines()[-1].startswith("the web leaderboard of every cell:")
+    # one cell on another behaviour: stale, marked in the table, and what --stale --dry-run would run
+    record = json.loads(store.path(cells[2]).read_text())
+    store.path(cells[2]).write_text(json.dumps({**record, "behaviour": "0" * 10}))
+    main(["suite", str(suite), "--results-dir", str(store.root), "--dry-run"])
+    assert capsys.readouterr().out.startswith("0 to run (no estimate), 4 finished (1 of them stale)")
+    main(["suite", str(suite), "--results-dir", str(store.root), "--dry-run", "--stale"])
+    out = capsys.readouterr().out
+    assert out.startswith("1 to run (about 0 min), 4 finished (1 of them stale, recomputed)")
+    assert f"  stale {cells[2].key}" in out
+    main(["suite", str(suite), "--results-dir", str(store.root)])
+    assert "† stale:" in capsys.readouterr().out
 
 
 def test_gallery_is_copied_next_to_the_leaderboard_and_linked_relatively(store, tmp_path):
@@ -464,3 +488,59 @@ def test_fetch_offline_names_each_missing_file_and_its_source(suite, n, source, 
     lines = capsys.readouterr().out.strip().splitlines()
     assert exit_.value.code == 1 and len(lines) == n
     assert all(line.startswith("missing") and f"(from {source}" in line for line in lines)
+
+
+def _compared_row(method, value, layout="reference", config="", seed=0, precision="W4A4"):
+    return {"model": SWIN, "precision": precision, "layout": layout, "weights_id": "w1", "n_eval": 10000,
+            "method": method, "config": config, "seed": seed, "quant_value": value}
+
+
+def test_compare_holds_layout_and_options_equal_and_says_what_it_left_out():
+    """`real` under the reference and the inputs layout are two lines, never one mean; ablations and
+    conditions the compared method has no cell for are left out, and said so."""
+    from benchmarks.cli import comparison
+    mine = pd.DataFrame([_compared_row("new", 30.0), _compared_row("new", 32.0, seed=1),
+                         _compared_row("new", 70.0, layout="inputs")])
+    theirs = pd.DataFrame([_compared_row("real", 27.47), _compared_row("real", 78.33, layout="inputs"),
+                           _compared_row("clamp-vit", 40.0), _compared_row("clamp-vit", 90.0, config="search=False"),
+                           _compared_row("real", 80.0, precision="W8A8")])
+    text = comparison(mine, theirs, "new")
+    lines = text.splitlines()
+    reference = next(line.split() for line in lines if " reference " in line)
+    inputs = next(line.split() for line in lines if " inputs " in line)
+    header = lines[0].replace("clamp-vit seeds", "clamp-vit_seeds").replace("real seeds", "real_seeds")
+    header = header.replace("delta vs ", "delta_vs_").split()
+    ref, inp = dict(zip(header, reference, strict=True)), dict(zip(header, inputs, strict=True))
+    assert ref["new"] == "31.0" and ref["seeds"] == "2" and ref["real"] == "27.47" and ref["clamp-vit"] == "40.0"
+    assert float(ref["delta_vs_real"]) == pytest.approx(31.0 - 27.47, abs=0.006)
+    assert inp["real"] == "78.33" and inp["clamp-vit_seeds"] == "0"
+    assert "left out: 1 rows with non-default options (clamp-vit search=False)" in text
+    assert f"left out: 1 rows under conditions that new has no cell for ({SWIN} W8A8 reference)" in text
+    assert len([line for line in lines if SWIN in line and "left out" not in line]) == 2
+
+
+def test_a_method_without_mixed_precision_refuses_an_mp_cell_and_suites_skip_it(tmp_path):
+    from benchmarks.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--model", SWIN, "--method", "psaq-vit-v2", "--w-bits", "4", "--a-bits", "8", "--mixed",
+              "--results-dir", str(tmp_path / "r")])
+    assert "psaq-vit-v2 has no mixed-precision search" in str(exit_.value.code)
+    assert "\n" not in str(exit_.value.code) and not list((tmp_path / "r").rglob("*.json"))
+    suite = tmp_path / "mp.toml"
+    suite.write_text(f'task = "classification"\n[[group]]\nmodels = ["{SWIN}"]\n'
+                     'methods = ["psaq-vit-v2", "gaussian", "clamp-vit"]\nprecisions = ["W4A8", "MP-W4A8"]\n')
+    cells = expand(load_suite(str(suite)))
+    assert sorted((c.method, c.precision) for c in cells) == [
+        ("clamp-vit", "MP-W4A8"), ("clamp-vit", "W4A8"), ("gaussian", "W4A8"), ("psaq-vit-v2", "W4A8")]
+
+
+def test_run_without_n_eval_is_the_suites_cell(monkeypatch):
+    """`run` without --n-eval evaluates the whole split and counts it as the suites do: the key
+    of the committed cell."""
+    from benchmarks import cli
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda cells, *a, **k: seen.extend(cells) or [{"status": "ok"}])
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--model", "micro_deit_patch4_32", "--method", "real", "--w-bits", "4", "--a-bits", "8"])
+    suite = {c.key for c in expand(load_suite("micro-classification"))}
+    assert seen[0].n_eval == 10000 and seen[0].key in suite

@@ -88,9 +88,10 @@ def test_a_plugin_method_runs_in_compare(tmp_path):
     out, err = cli(["compare", "--method", "example-uniform", "--suite", str(suite), "--device", "cpu"],
                    tmp_path).communicate(timeout=600)
     assert "delta vs gaussian" in out, err
-    row = next(line for line in out.splitlines() if SWIN in line)
-    values = [float(v) for v in row.split()[2:]]
-    assert values[2] == pytest.approx(values[0] - values[1], abs=0.011)  # example-uniform - gaussian
+    row = next(line for line in out.splitlines() if SWIN in line).split()
+    # model, precision, layout, weights, n_eval, example-uniform, seeds, gaussian, its seeds, delta
+    assert row[1:3] == ["W8A8", "reference"] and row[4] == "300" and row[6] == row[8] == "1"
+    assert float(row[9]) == pytest.approx(float(row[5]) - float(row[7]), abs=0.011)
 
 
 @pytest.mark.parametrize("task, model, n_eval", [

@@ -14,6 +14,7 @@ DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "CLAMP_FASHION_MNIST"
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+TEST_SIZE = 10000  # images in the test split, the micro and pretrained tiers' evaluation set
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 MEAN, STD = (0.2860,) * 3, (0.3530,) * 3
 
