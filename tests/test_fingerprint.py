@@ -97,7 +97,8 @@ def test_the_leaderboard_marks_stale_exactly_the_rows_whose_fingerprint_differs(
     behaviours = ["b-today", "b-old", None, "b-today"]
     versions = ["commit=aaaaaaaaaaaa", "commit=bbbbbbbbbbbb", "commit=cccccccccccc", "commit=dddddddddddd+dirty"]
     for cell, behaviour, version in zip(cells, behaviours, versions, strict=True):
-        store.save(cell, {"status": "ok", "metric": "top1", "fp": {"top1": 90.0}, "quant": {"top1": 80.0, "n_eval": 200},
+        store.save(cell, {"status": "ok", "metric": "top1", "fp": {"top1": 90.0},
+                          "quant": {"top1": 80.0, "n_eval": 200},
                           "compression": {"mean_w_bits": 4, "mean_a_bits": 8, "compression_ratio": 8.0, "size_mb": 1,
                                           "n_params": 10},
                           "report": {"calibration": "gaussian:32", "n_calib": 32}, "wall_s": 1.0, "device": "cpu",

@@ -37,7 +37,8 @@ def no_canaries(monkeypatch):
     """For hand-made records of models no canary needs to run here (staleness is not the point):
     every path's canary 'fails today', so every row is stale."""
     from benchmarks import fingerprint
-    monkeypatch.setattr(fingerprint, "run_canaries", lambda root, paths: [{"path": p, "error": "not run"} for p in paths])
+    monkeypatch.setattr(fingerprint, "run_canaries",
+                        lambda root, paths: [{"path": p, "error": "not run"} for p in paths])
 
 
 @pytest.fixture
