@@ -64,17 +64,32 @@ def summarise(values, seed: int) -> list[float]:
     return [float(n), v.mean().item(), v.pow(2).mean().sqrt().item(), *proj.tolist()]
 
 
+def quantizer_state(qmodel) -> tuple[list[int], list, list]:
+    """Every quantizer's bits, and the effective scale (search multiplier included) and zero point
+    of the active ones, in module order (a quantizer renamed by a refactor keeps its place). Read
+    from the attributes every version of clamp.quant.Quantizer has, not from a helper that early
+    versions lack."""
+    import torch
+
+    from clamp.quant import quantizers
+
+    bits, scales, zero_points = [], [], []
+    for q in quantizers(qmodel):
+        bits.append(int(q.bits))
+        if q.active:
+            mult = q.mult.detach() if isinstance(q.mult, torch.Tensor) else q.mult
+            scales.append((q.scale * mult).detach().double().flatten())
+            zero_points.append(q.zero_point.detach().double().flatten())
+    return bits, scales, zero_points
+
+
 def signature(qmodel, report: dict, metrics: dict) -> dict:
     """What the canary computed: summaries (compared within a tolerance) and the bits (exactly)."""
     import torch
 
-    from clamp.quant import quant_state
-
-    state = quant_state(qmodel)  # in module order: a quantizer renamed by a refactor keeps its place
-    bits = [int(v) for k, v in state.items() if k.endswith(".bits")]
-    cat = {kind: torch.cat([v.flatten().double() for k, v in state.items() if k.endswith(kind)] or [torch.zeros(0)])
-           for kind in (".scale", ".zero_point")}
-    out = {"bits": bits, "scale": summarise(cat[".scale"], 1), "zero_point": summarise(cat[".zero_point"], 2),
+    bits, scales, zero_points = quantizer_state(qmodel)
+    scale, zero_point = (torch.cat(parts) if parts else torch.zeros(0) for parts in (scales, zero_points))
+    out = {"bits": bits, "scale": summarise(scale, 1), "zero_point": summarise(zero_point, 2),
            "metrics": [round(float(metrics[k]), 4) for k in sorted(metrics) if k != "n_eval"]}
     images = report.get("images")
     if images and Path(images).is_file():
