@@ -182,7 +182,7 @@ def run_canaries(code_root: Path, paths: list[dict]) -> list[dict]:
             todo.write_text(json.dumps(paths[i::workers]))
             procs.append((out, subprocess.Popen(  # its progress lines and errors go to our stderr
                 [sys.executable, str(CANARY), "--code-root", str(code_root), str(todo), str(out)],
-                stdout=subprocess.DEVNULL)))
+                stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})))  # mm's deprecations
         results = []
         for out, proc in procs:
             if proc.wait() != 0 or not out.is_file():
