@@ -46,7 +46,8 @@ def test_same_behaviour_within_the_tolerance_and_not_beyond():
     moved[5] *= 1.01  # one projection moves by 1%: a real change
     assert not same_behaviour(_signature(scale=moved), base)
     assert not same_behaviour(_signature(bits=[4, 8, 7]), base)
-    assert not same_behaviour(_signature(metrics=[80.39, 99.0]), base)  # one image of 256 flipped
+    assert same_behaviour(_signature(metrics=[80.39, 99.0]), base)  # one test image of 256 flipped
+    assert not same_behaviour(_signature(metrics=[80.79, 99.0]), base)  # two
     assert not same_behaviour({k: v for k, v in base.items() if k != "images"}, base)
 
 
@@ -103,7 +104,8 @@ def test_the_leaderboard_marks_stale_exactly_the_rows_whose_fingerprint_differs(
                                           "n_params": 10},
                           "report": {"calibration": "gaussian:32", "n_calib": 32}, "wall_s": 1.0, "device": "cpu",
                           "versions": version, "timestamp": "t", "behaviour": behaviour})
-    monkeypatch.setattr(Fingerprints, "today", lambda self, paths: {path_name(p): "b-today" for p in paths})
+    monkeypatch.setattr(Fingerprints, "today_entries",
+                        lambda self, paths: {path_name(p): {"id": "b-today", "signature": _signature()} for p in paths})
     monkeypatch.setattr(provenance, "code_fingerprint", lambda rev="HEAD": None)  # no code file for the None one
     frame = leaderboard.table(store, "classification")
     assert frame.set_index("seed")["stale"].to_dict() == {0: False, 1: True, 2: True}  # the dirty one is no row
@@ -125,3 +127,19 @@ def test_a_record_without_its_own_fingerprint_takes_its_codes_file(tmp_path, mon
     assert fps.of_record({**record, "versions": "commit=aaaa"}) == "b1"
     assert fps.of_record({**record, "versions": "commit=bbbb"}) is None  # another canary's signatures never count
     assert fps.of_record({**record, "versions": "commit=aaaa", "behaviour": "b9"}) == "b9"
+
+
+def test_fingerprints_named_apart_are_compared_by_signature_under_todays_tolerance(tmp_path, monkeypatch):
+    """A record's fingerprint, named when another tolerance was in force, is still current when
+    its signature matches today's (here: one test image apart) and stale when a bit differs."""
+    path = _path("clamp-vit")
+    name = path_name(path)
+    (tmp_path / "fingerprints").mkdir()
+    (tmp_path / "fingerprints" / "code1.json").write_text(json.dumps(
+        {"canary": fingerprint.CANARY_DIGEST, "paths": {name: {"id": "b1", "path": path, "signature": _signature()}}}))
+    record = {"key": "k", "config": Cell("classification", DEIT, "clamp-vit", 4, 8).config(), "behaviour": "b1",
+              "versions": "commit=aaaa"}
+    for today, stale in ((_signature(metrics=[80.39, 99.0]), False), (_signature(bits=[4, 8, 7]), True)):
+        monkeypatch.setattr(Fingerprints, "today_entries",
+                            lambda self, paths, today=today: {name: {"id": "b2", "signature": today}})
+        assert Fingerprints(tmp_path).stale([record]) == {"k": stale}
