@@ -27,7 +27,7 @@ from benchmarks.fingerprint import Fingerprints, backfill, path_name, path_of
 from benchmarks.provenance import is_dirty
 from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_cells, with_weights
 from benchmarks.scaleout import EXECUTORS, make_executor
-from benchmarks.store import ResultStore
+from benchmarks.store import REPO_RESULTS, ResultStore
 from clamp.cache import cache_dir
 from clamp.registry import available_methods, get_method, make_method, supports_mixed
 from tasks import TASKS, make_task, task_class
@@ -180,7 +180,8 @@ def compare(args: argparse.Namespace) -> None:
 
 def comparison(mine: pd.DataFrame, theirs: pd.DataFrame, method: str) -> str:
     """One line per (model, precision, layout, weights, evaluation set): the method's mean over
-    seeds, each other method's (default options only) and the deltas; then what was left out."""
+    seeds, each other method's (default options only: no option that selects other code, the
+    suite's budget allowed) and the deltas; then what was left out."""
     if mine.empty:
         return f"no finished cell of {method} to compare"
     def listed(rows: pd.DataFrame, *columns: str) -> str:
@@ -188,10 +189,11 @@ def comparison(mine: pd.DataFrame, theirs: pd.DataFrame, method: str) -> str:
 
     left_out = []
     if not theirs.empty:
-        ablations = theirs[theirs["config"] != ""]
+        ablations = theirs[theirs["ablation"] != ""]
         if len(ablations):
-            left_out.append(f"{len(ablations)} rows with non-default options ({listed(ablations, 'method', 'config')})")
-        theirs = theirs[theirs["config"] == ""]
+            left_out.append(f"{len(ablations)} rows with non-default options "
+                            f"({listed(ablations, 'method', 'ablation')})")
+        theirs = theirs[theirs["ablation"] == ""]
         conditions = set(map(tuple, mine[SAME_CONDITIONS].astype(str).to_numpy()))
         unmatched = theirs[[tuple(r) not in conditions for r in theirs[SAME_CONDITIONS].astype(str).to_numpy()]]
         if len(unmatched):
@@ -369,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
             for task in TASKS:
                 print(f"wrote {leaderboard.write_csv(store, task)}")
             print(f"wrote {published.write_report(store)}")
+            if store.root.resolve() == REPO_RESULTS.resolve() and leaderboard.write_readme(store, TASKS):
+                print(f"wrote the headline tables into {leaderboard.README}")
             print(f"wrote {site.build(store, TASKS)}")
             for bad in store.bad:
                 print(f"skipped unreadable record {bad}", file=sys.stderr)

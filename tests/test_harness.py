@@ -493,7 +493,7 @@ def test_fetch_offline_names_each_missing_file_and_its_source(suite, n, source, 
 
 def _compared_row(method, value, layout="reference", config="", seed=0, precision="W4A4"):
     return {"model": SWIN, "precision": precision, "layout": layout, "weights_id": "w1", "n_eval": 10000,
-            "method": method, "config": config, "seed": seed, "quant_value": value}
+            "method": method, "ablation": config, "seed": seed, "quant_value": value}
 
 
 def test_compare_holds_layout_and_options_equal_and_says_what_it_left_out():

@@ -3,8 +3,9 @@
 PyPI has only mmcv 2.1.0's source (mmdet 3.3.0 and mmseg 1.2.2 refuse mmcv >= 2.2), and it does
 not build against torch 2.14 as shipped: its setup.py forces -std=c++17 where torch's headers
 need C++20. So we build the wheel ourselves, once, into a wheel cache ($CLAMP_WHEELS, default
-~/.cache/clamp-vit-bench/wheels) keyed by the torch version; later installs reuse it. See
-../shared/notes/mm-stack.md for the measured facts behind each step.
+~/.cache/clamp-vit-bench/wheels) keyed by the torch version; later installs reuse it. The
+build needs setuptools >= 77.0.3 and < 81 (it imports pkg_resources) and the wheel package;
+without debug info it takes about 7 minutes on 2 cores (see CFLAGS below).
 
     python tools/install_mm.py [--python PATH] [--rebuild]
 """
