@@ -545,3 +545,27 @@ def test_run_without_n_eval_is_the_suites_cell(monkeypatch):
         cli.main(["run", "--model", "micro_deit_patch4_32", "--method", "real", "--w-bits", "4", "--a-bits", "8"])
     suite = {c.key for c in expand(load_suite("micro-classification"))}
     assert seen[0].n_eval == 10000 and seen[0].key in suite
+
+
+def test_readme_tables_are_generated_between_markers_and_byte_identical_on_a_rerun(store, no_canaries, tmp_path):
+    """The headline tables: default options under the reference layout (a budget option is no
+    ablation), written between the markers only; a second build changes no byte."""
+    for method, options in (("gaussian", {}), ("psaq-vit", {"steps": 50}), ("psaq-vit", {"scale_to_input": False})):
+        store.save(Cell("classification", SWIN, method, 4, 8, n_eval=200, method_options=options),
+                   {"status": "ok", "metric": "top1", "fp": {"top1": 85.0}, "quant": {"top1": 80.0, "n_eval": 200},
+                    "compression": {"mean_w_bits": 4.0, "mean_a_bits": 8.0, "compression_ratio": 7.9,
+                                    "size_mb": 1.0, "n_params": 10},
+                    "report": {"calibration": "x:32", "n_calib": 32}, "wall_s": 1.0, "device": "test",
+                    "versions": "test", "timestamp": "2026-12-01T00:00:00+00:00"})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{leaderboard.MARKERS[0]}\nold\n{leaderboard.MARKERS[1]}\nafter\n")
+    leaderboard.write_readme(store, ("classification",), readme)
+    first = readme.read_bytes()
+    text = first.decode()
+    assert text.startswith("# title\n") and text.endswith(f"{leaderboard.MARKERS[1]}\nafter\n") and "old" not in text
+    assert "| gaussian |" in text and "| psaq-vit (steps=50) |" in text and "scale_to_input" not in text
+    leaderboard.write_readme(store, ("classification",), readme)
+    assert readme.read_bytes() == first
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert leaderboard.write_readme(store, ("classification",), plain) is None and plain.read_text() == "no markers\n"
