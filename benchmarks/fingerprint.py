@@ -151,7 +151,7 @@ class Fingerprints:
     def today_entries(self, paths: Iterable[dict]) -> dict[str, dict]:
         """path name -> today's entry: its fingerprint and signature, or the error today's code
         fails with on the path."""
-        return self.ensure(provenance.committed_code(), provenance.ROOT, paths, provenance.commit())
+        return self.ensure(provenance.committed_code_tree(), provenance.ROOT, paths, provenance.commit())
 
     def today(self, paths: Iterable[dict]) -> dict[str, str | None]:
         """path name -> today's fingerprint (None where today's code fails on the path)."""

@@ -110,6 +110,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                       quant_std=("quant_value", "std"), quant_min=("quant_value", "min"),
                       quant_max=("quant_value", "max"), seeds=("seed", "count"),
                       mean_w_bits=("mean_w_bits", "mean"), mean_a_bits=("mean_a_bits", "mean"),
+                      mean_w_bits_plain=("mean_w_bits_plain", "mean"),
                       compression_ratio=("compression_ratio", "mean"), gbops=("gbops", "mean"),
                       stale=("stale", "sum")).reset_index()
     out["delta_mean"] = out["quant_mean"] - out["fp_value"]

@@ -42,6 +42,12 @@ def code_fingerprint(rev: str = "HEAD") -> str | None:
     return hashlib.sha256(" ".join(trees).encode()).hexdigest()[:12]
 
 
+def committed_code_tree() -> str | None:
+    """The code fingerprint when clamp/, baselines/ and tasks/ have no uncommitted changes (the
+    rest of the checkout may), else None: what today's behaviour fingerprints are filed under."""
+    return None if git("status", "--porcelain", "--untracked-files=no", "--", *CODE) else code_fingerprint()
+
+
 def committed_code() -> str | None:
     """This checkout's code fingerprint, or None when its tracked files have uncommitted changes
     (their numbers are '+dirty': never rows, never cached)."""

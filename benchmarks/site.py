@@ -21,10 +21,72 @@ from benchmarks import leaderboard
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write_text
 
-ROW_COLUMNS = ["model", "method", "precision", "layout", "seed", "quant_value", "delta", "fp_value", "metric",
-               "mean_w_bits", "mean_a_bits", "compression_ratio", "gbops", "config", "weights_id", "stale", "cell"]
-SUMMARY_COLUMNS = ["model", "method", "precision", "layout", "config", "seeds", "quant", "delta_mean", "fp_value",
-                   "compression_ratio", "weights_id"]
+# what a researcher reads first, on the left
+ROW_COLUMNS = ["model", "method", "precision", "quant_value", "stale", "seed", "layout", "ablation", "delta",
+               "fp_value", "metric", "mean_w_bits", "mean_a_bits", "compression_ratio", "gbops", "wall_s", "config",
+               "weights_id", "cell"]
+PRECISIONS = ["W8A8", "W6A6", "W4A8", "W4A4", "MP-W4A8"]  # the paper's columns, in its order
+MISSING = "not run"
+
+
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """No NaN on a page: an absent value is empty."""
+    return frame.astype(object).where(frame.notna(), "")
+
+
+def _mean(r: pd.Series) -> str:
+    text = f"{r.quant_mean:.2f}" + (f" ± {r.quant_std:.2f}" if r.seeds > 1 else "") + f" (n={r.seeds})"
+    if r.precision.startswith("MP-"):
+        text += f" W{r.mean_w_bits_plain:.1f}/A{r.mean_a_bits:.1f}" if pd.notna(r.mean_w_bits_plain) else ""
+    return text + (f" {leaderboard.STALE_MARK}" if r.stale else "")
+
+
+def _by_precision(summ: pd.DataFrame) -> pd.DataFrame:
+    """One summary row per precision (the one with most seeds where budgets or weights differ)."""
+    return summ.sort_values("seeds", ascending=False, kind="stable").drop_duplicates("precision").set_index(
+        "precision", drop=False)
+
+
+def _columns(summ: pd.DataFrame) -> list[str]:
+    return [p for p in PRECISIONS if p in set(summ["precision"])] + sorted(set(summ["precision"]) - set(PRECISIONS))
+
+
+def _paper_table(summ: pd.DataFrame, published: pd.DataFrame, table_id: str) -> str:
+    """One model as the papers print it: a row per method at its default options (reference
+    layout), a column per precision, mean ± std (n seeds), the best of each column in bold, the
+    published number beside ours where a paper reports one, stale and missing cells marked."""
+    columns = _columns(summ)
+    best = summ.groupby("precision")["quant_mean"].max()
+    rows = []
+    for method, sub in summ.groupby("method", sort=True):
+        by = _by_precision(sub)
+        row = {"method": method}
+        for p in columns:
+            if p not in by.index:
+                row[p] = MISSING
+                continue
+            r = by.loc[p]
+            text = html.escape(_mean(r))
+            row[p] = f"<b>{text}</b>" if r.quant_mean == best[p] else text
+            if len(published):  # a model a paper reports on: its number beside ours, "-" where it has none
+                paper = published[(published["method"] == method) & (published["precision"] == p)]
+                row[p] += f" [paper {paper['published'].iloc[0]:.2f}]" if len(paper) else " [paper -]"
+        rows.append(row)
+    return _table(pd.DataFrame(rows), table_id)
+
+
+def _ablation_table(summ: pd.DataFrame, table_id: str) -> str:
+    """CLAMP-ViT's ablations as the paper lays them out: a row per switch, its delta against the
+    full method per precision."""
+    clamp = summ[summ["method"] == "clamp-vit"]
+    full = _by_precision(clamp[clamp["ablation"] == ""])["quant_mean"]
+    rows = []
+    for switch, sub in clamp[clamp["ablation"] != ""].groupby("ablation", sort=True):
+        by = _by_precision(sub)
+        rows.append({"switch": switch, **{p: (f"{by.loc[p, 'quant_mean'] - full[p]:+.2f} ({_mean(by.loc[p])})"
+                                             if p in by.index and p in full.index else MISSING)
+                                         for p in _columns(clamp)}})
+    return _table(pd.DataFrame(rows), table_id) if rows else "<p>no ablation rows</p>"
 
 
 def _table(frame: pd.DataFrame, table_id: str) -> str:
@@ -32,22 +94,30 @@ def _table(frame: pd.DataFrame, table_id: str) -> str:
                              classes="display compact", pageLength=25, showIndex=False)
 
 
-def _plot(summ: pd.DataFrame, x: str) -> str:
-    summ = summ.assign(label=summ["method"] + " " + summ["layout"] + leaderboard.options_suffix(summ))
-    fig = px.scatter(summ, x=x, y="quant_mean", error_y="quant_std", color="label", symbol="precision",
-                     facet_col="model", hover_data=["precision", "seeds"], height=420)
-    return fig.to_html(include_plotlyjs=False, full_html=False, div_id=f"plot-{x}-{summ['task'].iloc[0]}")
+def _plot(summ: pd.DataFrame, x: str, name: str) -> str:
+    """One model's methods (default options) against ``x``: one colour per method, hover names the cell."""
+    fig = px.scatter(summ.sort_values("method"), x=x, y="quant_mean", error_y="quant_std", color="method",
+                     hover_data=["precision", "seeds", "config"], height=380)
+    return fig.to_html(include_plotlyjs=False, full_html=False, div_id=f"plot-{x}-{name}")
 
 
 def _json(value: object) -> str:
     return html.escape(json.dumps(value, indent=1, sort_keys=True))
 
 
-def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore) -> None:
-    """The detail page of one row: configuration, versions, report, images, per-layer bits."""
+def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore, siblings: pd.DataFrame) -> None:
+    """The detail page of one row: stale flag, wall time, its seed's siblings, configuration,
+    versions, report, images, per-layer bits, a link back."""
     title = f"{row['model']} · {row['method']} · {row['precision']} · seed {row['seed']}"
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>{row['metric']}: {row['quant_value']:.2f} (FP {row['fp_value']:.2f}), layout {row['layout']}</p>",
+    stale = (f"<p><b>stale</b>: {html.escape(leaderboard.STALE_NOTE)}</p>" if row["stale"]
+             else "<p>current: today's code computes the same on its path</p>")
+    others = " · ".join(f'<a href="{k}.html">seed {s}: {v:.2f}</a>'
+                        for k, s, v in siblings[["config_key", "seed", "quant_value"]].itertuples(index=False)
+                        if k != row["config_key"])
+    parts = ['<p><a href="../index.html">back to the leaderboard</a></p>', f"<h1>{html.escape(title)}</h1>",
+             f"<p>{row['metric']}: {row['quant_value']:.2f} (FP {row['fp_value']:.2f}), layout {row['layout']}, "
+             f"wall time {row['wall_s']:.0f} s on {html.escape(str(record['device']))}</p>", stale,
+             f"<p>the other seeds: {others or 'none'}</p>",
              "<h2>configuration</h2><pre>" + _json(record["config"]) + "</pre>",
              "<h2>versions</h2><pre>" + html.escape(record["versions"]) + "</pre>",
              "<h2>report</h2><pre>" + _json(record["report"]) + "</pre>"]
@@ -65,22 +135,55 @@ def _section(store: ResultStore, task: str, site: Path) -> str:
     if frame.empty:
         return f"<h2 id='{task}'>{task}</h2><p>no finished cells</p>"
     records = {r["key"]: r for r in store.records(task)}
+    group = ["model", "method", "precision", "layout", "config", "weights_id"]
     for _, row in frame.iterrows():
-        _cell_page(records[row["config_key"]], row, site, store)
+        siblings = frame[(frame[group].astype(str) == row[group].astype(str)).all(axis=1)]
+        _cell_page(records[row["config_key"]], row, site, store, siblings)
     rows = frame.assign(cell=frame["config_key"].map(lambda k: f'<a href="cells/{k}.html">{k}</a>'))[ROW_COLUMNS]
     summ = leaderboard.summary(frame)
-    shown = summ.assign(quant=summ.apply(lambda r: f"{r.quant_mean:.2f} ± {r.quant_std:.2f}" if r.seeds > 1
-                                         else f"{r.quant_mean:.2f}", axis=1))[SUMMARY_COLUMNS]
+    reference = summ[summ["layout"] == "reference"]
+    path = store.root / f"published_vs_reproduced_{task}.csv"
+    published = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["model", "method", "precision"])
+    models = sorted(reference["model"].unique())
+    options = "".join(f"<option value='{task}-{i}'>{html.escape(m)}</option>" for i, m in enumerate(models))
     parts = [f"<h2 id='{task}'>{task}: {frame['metric'].iloc[0]} (%)</h2>",
-             "<h3>mean ± std over seeds</h3>", _table(shown, f"summary-{task}"),
-             "<h3>every cell</h3>", _table(rows, f"rows-{task}"),
-             "<h3>metric against compression and BOPS</h3>", _plot(summ, "compression_ratio")]
-    if summ["gbops"].notna().any():
-        parts.append(_plot(summ.dropna(subset=["gbops"]), "gbops"))
-    published = store.root / f"published_vs_reproduced_{task}.csv"
-    if published.is_file():
-        parts += ["<h3>published vs reproduced</h3>", _table(pd.read_csv(published), f"published-{task}")]
+             f"<p>model: <select class='model-select' data-task='{task}'>{options}</select> "
+             f"(bold: the best of a column; {leaderboard.STALE_MARK}: stale)</p>"]
+    for i, model in enumerate(models):
+        sub = reference[reference["model"] == model]
+        main = sub[sub["ablation"] == ""]
+        hidden = "" if i == 0 else " style='display:none'"
+        fp = sub["fp_value"].iloc[0]
+        parts += [f"<div class='model-panel' id='{task}-{i}'{hidden}>",
+                  f"<h3>{html.escape(model)} (FP {fp:.2f})</h3>",
+                  _paper_table(main, published[published["model"] == model], f"paper-{task}-{i}"),
+                  "<h4>CLAMP-ViT ablations (delta against the full method)</h4>",
+                  _ablation_table(sub, f"ablation-{task}-{i}"),
+                  _plot(main, "compression_ratio", f"{task}-{i}"),
+                  *([_plot(main.dropna(subset=["gbops"]), "gbops", f"{task}-{i}")] if main["gbops"].notna().any()
+                    else []), "</div>"]
+    inputs = summ[summ["layout"] == "inputs"]
+    if len(inputs):
+        shown = inputs.assign(mean=inputs.apply(_mean, axis=1))[["model", "method", "config", "precision", "mean"]]
+        parts += ["<details><summary>the <code>inputs</code> layout (the project's first quantizer layout)</summary>",
+                  _table(_shown(shown), f"inputs-{task}"), "</details>"]
+    if len(published):
+        parts += ["<h3>published vs reproduced (ImageNet; the micro and pretrained tiers are not compared)</h3>",
+                  _table(_shown(published), f"published-{task}")]
+    parts += ["<h3>every cell</h3>", _table(_shown(rows), f"rows-{task}")]
     return "\n".join(parts)
+
+
+SELECT_SCRIPT = """<script>
+document.querySelectorAll('select.model-select').forEach(function (select) {
+  select.addEventListener('change', function () {
+    document.querySelectorAll('div.model-panel[id^="' + select.dataset.task + '-"]').forEach(function (panel) {
+      panel.style.display = panel.id === select.value ? '' : 'none';
+      window.dispatchEvent(new Event('resize'));
+    });
+  });
+});
+</script>"""
 
 
 def build(store: ResultStore, tasks: tuple[str, ...]) -> Path:
@@ -92,7 +195,8 @@ def build(store: ResultStore, tasks: tuple[str, ...]) -> Path:
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>clamp-vit-bench leaderboard</title>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             + generate_init_offline_itables_html(dt_bundle)
-            + f"<h1>clamp-vit-bench leaderboard</h1><p>{nav}</p>" + "\n".join(sections) + "</body></html>")
+            + f"<h1>clamp-vit-bench leaderboard</h1><p>{nav}</p>" + "\n".join(sections) + SELECT_SCRIPT
+            + "</body></html>")
     path = site / "index.html"
     atomic_write_text(path, page)
     return path

@@ -186,6 +186,8 @@ def test_published_report_joins_reproduced_rows(store, no_canaries):
     assert row["difference"] == pytest.approx(65.5 - 65.57)
     assert frame.loc[(model, "fp", "FP")]["reproduced"] == pytest.approx(72.1)
     assert pd.isna(frame.loc[("deit_small_patch16_224.fb_in1k", "psaq-vit", "W4A8")]["reproduced"])
+    assert frame.loc[("deit_small_patch16_224.fb_in1k", "psaq-vit", "W4A8")]["status"].startswith("not run (needs")
+    assert row["status"] == "reproduced"
 
 
 def test_seeds_on_other_weights_are_never_averaged_together(store, no_canaries):
