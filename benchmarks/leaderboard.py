@@ -165,12 +165,13 @@ TASK_TITLES = {"classification": "top-1 %", "detection": "box mAP %", "segmentat
 def headline(store: ResultStore, tasks: tuple[str, ...]) -> str:
     """The headline tables: per task, every method at its default options under the reference
     layout, mean ± std over seeds (ablations, the inputs layout and every cell: results/<task>.md)."""
-    parts = []
-    for task in tasks:
-        summ = summary(table(store, task))
-        main = summ[(summ["layout"] == "reference") & (summ["ablation"] == "")]
-        parts.append(f"**{task}** ({TASK_TITLES.get(task, 'metric')}):\n\n{markdown(main)}")
-    return "\n".join(parts)
+    return "\n".join(f"**{task}** ({TASK_TITLES.get(task, 'metric')}):\n\n"
+                     + markdown(main_rows(summary(table(store, task)))) for task in tasks)
+
+
+def main_rows(summ: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the headline tables: default options (a budget is no option), reference layout."""
+    return summ[(summ["layout"] == "reference") & (summ["ablation"] == "")]
 
 
 def write_readme(store: ResultStore, tasks: tuple[str, ...], path: Path = README) -> Path | None:
@@ -258,7 +259,9 @@ def _write_csv(store: ResultStore, task: str) -> Path:
     atomic_write_text(path, frame.to_csv(index=False))
     summ = summary(frame)
     atomic_write_text(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
-    atomic_write_text(store.root / f"{task}.md", markdown(summ))
+    atomic_write_text(store.root / f"{task}.md", f"# {task}\n\n## Every method at its default options, reference "
+                      f"layout (the README's table)\n\n{markdown(main_rows(summ))}\n## Every row: ablations and the "
+                      f"inputs layout too\n\n{markdown(summ)}")
     plot(summ, store.root / "plots" / f"{task}.png")
     plot_mixed_bits(frame, store, store.root / "plots" / f"{task}_mp_bits.png")
     return path

@@ -105,6 +105,21 @@ def _json(value: object) -> str:
     return html.escape(json.dumps(value, indent=1, sort_keys=True))
 
 
+def _bits_svg(bits: dict[str, int]) -> str:
+    """Per-layer bits as an inline SVG bar plot (weights dark, activations light, in model order;
+    32 = left in FP, drawn at 16), each bar titled with its quantizer."""
+    width, height = 4, 80
+    bars = []
+    for i, (name, b) in enumerate(bits.items()):
+        h = height * min(b, 16) / 16
+        colour = "#1f4e79" if name.endswith(".weight") else "#9dc3e6"
+        bars.append(f'<rect x="{i * width}" y="{height - h:.1f}" width="{width - 1}" height="{h:.1f}" '
+                    f'fill="{colour}"><title>{html.escape(name)}: {b} bits</title></rect>')
+    return ('<p>weights dark, activations light; full height = 16 bits</p>'
+            f'<svg class="bits" width="{len(bits) * width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+            f'{"".join(bars)}</svg>')
+
+
 def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore, siblings: pd.DataFrame) -> None:
     """The detail page of one row: stale flag, wall time, its seed's siblings, configuration,
     versions, report, images, per-layer bits, a link back."""
@@ -125,7 +140,8 @@ def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore, sib
         parts.append(f'<h2>synthetic images</h2><img class="gallery" src="../../{row["gallery"]}">')
     bits = store.bits(row["task"], record["key"])
     if bits is not None:
-        parts.append("<h2>bits per quantizer</h2>" + pd.Series(bits, name="bits").to_frame().to_html())
+        parts.append("<h2>bits per quantizer</h2>" + _bits_svg(bits)
+                     + pd.Series(bits, name="bits").to_frame().to_html())
     page = "<!doctype html><meta charset='utf-8'><title>cell</title><body>" + "\n".join(parts) + "</body>"
     atomic_write_text(site / "cells" / f"{record['key']}.html", page)
 

@@ -35,6 +35,8 @@ def built(tmp_path_factory):
                           "compression": {"mean_w_bits": 4.0, "mean_a_bits": 4.0, "compression_ratio": 7.0 + i / 10,
                                           "size_mb": 0.1, "n_params": 1000, "gbops": 0.1},
                           "report": report, "wall_s": 1.0, "device": "test",
+                          "quant_state": {"blocks.0.fc1.weight.bits": torch.tensor(4),
+                                          "blocks.0.norm1_out.bits": torch.tensor(8)},
                           "versions": "torch=x commit=0123456789ab", "timestamp": "2026-11-29T00:00:00+00:00"})
     leaderboard.write_csv(store, "classification")
     return store, site.build(store, ("classification",))
@@ -135,6 +137,7 @@ def test_the_first_screen_is_the_paper_table_with_no_nan_and_no_network(built, b
     browser.get(link.get_attribute("href"))
     body = wait_for(lambda: browser.find_element(By.TAG_NAME, "body").text)
     assert "NaN" not in body and "stale" in body and "wall time" in body and "the other seeds" in body
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.bits rect")  # the per-layer bits plot
     for image in browser.find_elements(By.TAG_NAME, "img"):
         assert wait_for(lambda image=image: browser.execute_script("return arguments[0].naturalWidth", image)) > 0
     browser.find_element(By.LINK_TEXT, "back to the leaderboard").click()
