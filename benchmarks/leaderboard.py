@@ -27,6 +27,14 @@ SORT = ["model", "layout", "method", "precision", "seed", "config_key"]
 GROUP = ["task", "model", "layout", "method", "precision", "config", "ablation", "metric", "weights_id"]
 
 
+PRECISIONS = ["W8A8", "W6A6", "W4A8", "W4A4", "MP-W4A8"]  # the papers' column order
+
+
+def precision_order(precisions: set[str]) -> list[str]:
+    """The papers' order first, any other precision after it."""
+    return [p for p in PRECISIONS if p in precisions] + sorted(set(precisions) - set(PRECISIONS))
+
+
 STALE_MARK = "†"
 STALE_NOTE = "today's code computes something else on the path of a seed (clamp-bench fingerprint)"
 
@@ -138,6 +146,8 @@ def markdown(summ: pd.DataFrame) -> str:
     wide = summ.assign(cell=cell, method=summ["method"] + options_suffix(summ) + _weights_suffix(summ))
     wide = wide.pivot_table(index=["model", "fp_value", "layout", "method"], columns="precision", values="cell",
                             aggfunc="first").reset_index().fillna("")
+    index = ["model", "fp_value", "layout", "method"]
+    wide = wide[index + precision_order(set(wide.columns) - set(index))]
     wide.columns.name = None
     header = "| " + " | ".join(wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
     lines = ["| " + " | ".join(str(v) for v in r) + " |" for r in wide.itertuples(index=False)]

@@ -25,7 +25,6 @@ from clamp.cache import atomic_write_text
 ROW_COLUMNS = ["model", "method", "precision", "quant_value", "stale", "seed", "layout", "ablation", "delta",
                "fp_value", "metric", "mean_w_bits", "mean_a_bits", "compression_ratio", "gbops", "wall_s", "config",
                "weights_id", "cell"]
-PRECISIONS = ["W8A8", "W6A6", "W4A8", "W4A4", "MP-W4A8"]  # the paper's columns, in its order
 MISSING = "not run"
 
 
@@ -47,15 +46,11 @@ def _by_precision(summ: pd.DataFrame) -> pd.DataFrame:
         "precision", drop=False)
 
 
-def _columns(summ: pd.DataFrame) -> list[str]:
-    return [p for p in PRECISIONS if p in set(summ["precision"])] + sorted(set(summ["precision"]) - set(PRECISIONS))
-
-
 def _paper_table(summ: pd.DataFrame, published: pd.DataFrame, table_id: str) -> str:
     """One model as the papers print it: a row per method at its default options (reference
     layout), a column per precision, mean ± std (n seeds), the best of each column in bold, the
     published number beside ours where a paper reports one, stale and missing cells marked."""
-    columns = _columns(summ)
+    columns = leaderboard.precision_order(set(summ["precision"]))
     best = summ.groupby("precision")["quant_mean"].max()
     rows = []
     for method, sub in summ.groupby("method", sort=True):
@@ -85,7 +80,7 @@ def _ablation_table(summ: pd.DataFrame, table_id: str) -> str:
         by = _by_precision(sub)
         rows.append({"switch": switch, **{p: (f"{by.loc[p, 'quant_mean'] - full[p]:+.2f} ({_mean(by.loc[p])})"
                                              if p in by.index and p in full.index else MISSING)
-                                         for p in _columns(clamp)}})
+                                         for p in leaderboard.precision_order(set(clamp["precision"]))}})
     return _table(pd.DataFrame(rows), table_id) if rows else "<p>no ablation rows</p>"
 
 
