@@ -21,6 +21,16 @@ def parse_precision(text: str) -> tuple[int, int, bool]:
     return int(match[2]), int(match[3]), bool(match[1])
 
 
+def precision_name(w_bits: int, a_bits: int, mixed: bool) -> str:
+    """(4, 8, True) -> 'MP-W4A8': the one place a precision is named (parse_precision reads it back)."""
+    return f"{'MP-' if mixed else ''}W{w_bits}A{a_bits}"
+
+
+def config_precision(config: dict[str, Any]) -> str:
+    """The precision of a stored cell configuration."""
+    return precision_name(config["w_bits"], config["a_bits"], config["mixed"])
+
+
 @dataclass(frozen=True)
 class Cell:
     """Everything that defines a result. Where it runs (device, data folder) is not part of it."""
@@ -51,7 +61,7 @@ class Cell:
 
     @property
     def precision(self) -> str:
-        return f"{'MP-' if self.mixed else ''}W{self.w_bits}A{self.a_bits}"
+        return precision_name(self.w_bits, self.a_bits, self.mixed)
 
     def config(self) -> dict[str, Any]:
         """The configuration the key hashes. Fields added after cells were stored are left out at

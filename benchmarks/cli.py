@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from benchmarks import dry_run, leaderboard, published, site, suites
-from benchmarks.cell import Cell
+from benchmarks.cell import Cell, config_precision
 from benchmarks.fingerprint import Fingerprints, backfill, path_name, path_of
 from benchmarks.provenance import is_dirty
 from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_cells, with_weights
@@ -149,7 +149,7 @@ def _run(cells: list[Cell], args: argparse.Namespace, store: ResultStore, only: 
     for r in records:
         if r and r["status"] != "ok":
             cfg = r["config"]
-            print(f"failed: {cfg['model']} {cfg['method']} W{cfg['w_bits']}A{cfg['a_bits']}: {r['error']} "
+            print(f"failed: {cfg['model']} {cfg['method']} {config_precision(cfg)}: {r['error']} "
                   f"(attempt kept in {store.failed_path(Cell.from_config(cfg))})",
                   file=sys.stderr)
     return records

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.cell import config_precision
 from benchmarks.fingerprint import Fingerprints, path_of
 from benchmarks.provenance import is_dirty
 from benchmarks.store import ResultStore
@@ -45,7 +46,7 @@ def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour
     its path at the code that computed it."""
     cfg, metric, comp = record["config"], record["metric"], record["compression"]
     fp, quant = record["fp"][metric], record["quant"][metric]
-    precision = f"{'MP-' if cfg['mixed'] else ''}W{cfg['w_bits']}A{cfg['a_bits']}"
+    precision = config_precision(cfg)
     def optional(key: str) -> float | None:  # absent from records computed before it was measured
         return round(comp[key], 3) if key in comp else None
 
