@@ -5,6 +5,7 @@
     clamp-bench compare --method my-method --suite micro-classification
     clamp-bench leaderboard
     clamp-bench fingerprint
+    clamp-bench export CELL_KEY
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks import dry_run, leaderboard, published, site, suites
+from benchmarks import deploy, dry_run, leaderboard, provenance, published, site, suites
 from benchmarks.cell import Cell, config_precision
 from benchmarks.fingerprint import Fingerprints, backfill, path_name, path_of
 from benchmarks.provenance import is_dirty
@@ -231,7 +232,37 @@ def fingerprint(args: argparse.Namespace) -> None:
     per_path = rows.groupby("path")["stale"].agg(rows="count", stale="sum").reset_index()
     per_path.insert(1, "fingerprint", per_path["path"].map(lambda p: today.get(p) or "fails today"))
     print(per_path.to_string(index=False))
-    print(f"{int(per_path['stale'].sum())} of {len(rows)} rows stale, on {len(per_path)} paths")
+    print(f"{int(per_path['stale'].sum())} of {len(rows)} rows stale, on {len(per_path)} paths "
+          f"(canaries compared on one machine; this one: {fps.machine}, {provenance.machine_description()})")
+
+
+def _deploy_options(args: argparse.Namespace, suite: dict | None = None) -> deploy.DeployOptions:
+    """The suite's ``deploy`` table, then the command line's --n-images and --threads."""
+    given = {k: getattr(args, k, None) for k in ("n_images", "threads")}
+    return deploy.DeployOptions(**{**(suite or {}).get("deploy", {}), **{k: v for k, v in given.items() if v}})
+
+
+def _check_deployable(cells: list[Cell]) -> None:
+    """Refuse, before any cell is computed, cells that have no integer form."""
+    for cell in cells:
+        why = deploy.refusal(cell)
+        if why:
+            raise ValueError(f"cannot export {cell.model} {cell.method} {cell.precision}: {why}")
+
+
+def _deploy(records: list[dict], store: ResultStore, options: deploy.DeployOptions, data_root: str | None) -> None:
+    """The deployment check of every finished record that has none of its own yet."""
+    for record in records:
+        if record and record["status"] == "ok" and deploy.load(store, record) is None:
+            print(deploy.summary(deploy.check(record, store, options, data_root)))
+
+
+def export(args: argparse.Namespace) -> None:
+    """Export one stored cell (found in --results-dir, else the personal folder, then results/) and
+    run its deployment check."""
+    stores = [ResultStore(args.results_dir)] if args.results_dir else [_store(args, personal=True), ResultStore()]
+    record, store = deploy.find_record(stores, args.key)
+    print(deploy.summary(deploy.check(record, store, _deploy_options(args), args.data_root)))
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -300,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
                      help="mm tasks: dotted config keys to override, parsed as mmengine's tools parse them "
                           "(model.test_cfg.rcnn.score_thr=0.01); recorded in the cell's task options")
 
+    one.add_argument("--export", action="store_true",
+                     help="then export the cell to ONNX QDQ and check it on ONNX Runtime's integer kernels")
+
     suite = sub.add_parser("suite", parents=[common], help="run every cell of a suite")
     suite.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
     suite.add_argument("--stale", action="store_true",
@@ -320,6 +354,14 @@ def main(argv: list[str] | None = None) -> None:
     prints.add_argument("--backfill", action="store_true",
                         help="first compute the fingerprints of old records' paths at their own commits (a git "
                              "worktree each)")
+    out = sub.add_parser("export", help="export a stored cell to ONNX QDQ, run it on ONNX Runtime's integer kernels, "
+                                        "store its accuracy, fusion and latency beside the cell")
+    out.add_argument("key", help="the cell's key (config_key column of results/<task>.csv)")
+    out.add_argument("--format", default="onnx", choices=["onnx"], help="the export format (default: %(default)s)")
+    out.add_argument("--results-dir", help="where the cell is stored (default: the personal folder, then results/)")
+    out.add_argument("--data-root", help="dataset folder (ImageNet cells)")
+    out.add_argument("--n-images", type=int, help=f"evaluation images (default: {deploy.DeployOptions.n_images})")
+    out.add_argument("--threads", type=int, help=f"ONNX Runtime threads (default: {deploy.DeployOptions.threads})")
     get = sub.add_parser("fetch", help="download the published weights of a suite's models into the libraries' "
                                        "caches (offline: list what is missing and where it comes from)")
     get.add_argument("name", help=f"one of: {', '.join(suites.available_suites())}, or a .toml path")
@@ -342,7 +384,12 @@ def main(argv: list[str] | None = None) -> None:
             n_eval = args.n_eval if args.n_eval is not None else task_class(args.task).eval_size(args.model)
             cells = [Cell(args.task, args.model, args.method, args.w_bits, args.a_bits, args.seed, args.mixed,
                           n_eval, dict(args.option), dict(args.quant_option), task_options)]
-            records = _run(cells, args, _store(args, personal=True))
+            if args.export:
+                _check_deployable(cells)
+            store = _store(args, personal=True)
+            records = _run(cells, args, store)
+            if args.export:
+                _deploy(records, store, _deploy_options(args), args.data_root)
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "suite":
             suite = suites.load_suite(args.name)
@@ -354,16 +401,22 @@ def main(argv: list[str] | None = None) -> None:
             if args.dry_run:
                 print(plan.describe(args.stale))
                 return
-            if not (args.force or args.stale or plan.to_run):
+            if not (args.force or args.stale or plan.to_run or "deploy" in suite):
                 print(plan.all_finished(args.name, store))
                 return
+            if "deploy" in suite:
+                _check_deployable(cells)
             records = _run(cells, args, store, only, checkpoints)
+            if "deploy" in suite:
+                _deploy(records, store, _deploy_options(args, suite), args.data_root)
             print(leaderboard.cells_table(store, cells))
             sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "compare":
             compare(args)
         if args.command == "fingerprint":
             fingerprint(args)
+        if args.command == "export":
+            export(args)
         if args.command == "fetch":
             sys.exit(fetch(args))
         if args.command == "leaderboard":

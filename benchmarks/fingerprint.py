@@ -6,9 +6,10 @@ signature summarises the synthetic images, every quantizer's scale and zero poin
 metrics. Two signatures are the same behaviour when the bits are equal and every summary agrees
 within ``RTOL`` of its own magnitude; equal behaviours share one short id, the path's fingerprint.
 
-Signatures live in ``<results>/fingerprints/<code>.json``, one file per code tree (the git trees of
-clamp/, baselines/ and tasks/, ``provenance.code_fingerprint``): computed once per committed code and
-path, committed with the results, so that building the leaderboard reruns nothing. A record carries
+Signatures live in ``<results>/fingerprints/<machine>/<code>.json``, one file per machine and code
+tree (the git trees of clamp/, baselines/ and tasks/, ``provenance.code_fingerprint``): computed once
+per committed code, path and machine, committed with the results, so that building the leaderboard
+reruns nothing; codes are compared on one machine only (``Fingerprints``). A record carries
 the fingerprint of its path at the code that computed it (``behaviour``); records from before this
 have their code's file computed from a ``git worktree`` of their commit (``clamp-bench fingerprint
 --backfill``).
@@ -99,26 +100,47 @@ def same_behaviour(a: dict, b: dict) -> bool:
 _UNCOMMITTED: dict[str, dict] = {}  # code root -> entries of its uncommitted code: this process only, never stored
 
 
+UNRECORDED = ""  # the machine of files written before machines were recorded: <results>/fingerprints/<code>.json
+
+
 class Fingerprints:
-    """The fingerprint files of a results folder: which behaviour every (code, path) has."""
+    """The fingerprint files of a results folder: which behaviour every (machine, code, path) has.
+
+    Files are per machine (``provenance.machine``), ``<results>/fingerprints/<machine>/<code>.json``:
+    measured, the same code on two x86 CPUs gives canary images 1e-3 apart after two Adam steps
+    (a near-zero gradient whose sign flips moves a pixel by the full step), far beyond any
+    tolerance that still shows a real change; so two codes are compared by their canaries on one
+    machine, never across machines."""
 
     def __init__(self, results: Path | str) -> None:
         self.dir = Path(results) / "fingerprints"
-        self._files: dict[str, dict] = {}
+        self.machine = provenance.machine()
+        self._files: dict[tuple[str, str], dict] = {}
 
-    def entries(self, code: str) -> dict[str, dict]:
-        """path name -> entry ({id, path, signature, seconds} or {path, error}) at code tree ``code``."""
-        if code not in self._files:
-            path = self.dir / f"{code}.json"
+    def _file(self, code: str, machine: str) -> Path:
+        return self.dir / machine / f"{code}.json" if machine else self.dir / f"{code}.json"
+
+    def machines(self) -> list[str]:
+        """Machines with files here: this one first, then the others, the unrecorded one last."""
+        others = sorted(p.name for p in self.dir.iterdir() if p.is_dir()) if self.dir.is_dir() else []
+        return [self.machine, *(m for m in others if m != self.machine), UNRECORDED]
+
+    def entries(self, code: str, machine: str | None = None) -> dict[str, dict]:
+        """path name -> entry ({id, path, signature, seconds} or {path, error}) at code tree ``code``
+        on ``machine`` (default: this one)."""
+        machine = self.machine if machine is None else machine
+        if (code, machine) not in self._files:
+            path = self._file(code, machine)
             data = json.loads(path.read_text()) if path.is_file() else {}
-            self._files[code] = data["paths"] if data.get("canary") == CANARY_DIGEST else {}
-        return self._files[code]
+            self._files[code, machine] = data["paths"] if data.get("canary") == CANARY_DIGEST else {}
+        return self._files[code, machine]
 
     def known(self, name: str) -> list[dict]:
         """Every stored behaviour of path ``name``, in a fixed order (the first match names a behaviour)."""
         found = []
-        for file in sorted(self.dir.glob("*.json")):
-            entry = self.entries(file.stem).get(name)
+        for file in sorted(self.dir.rglob("*.json")):
+            machine = "" if file.parent == self.dir else file.parent.name
+            entry = self.entries(file.stem, machine).get(name)
             if entry and "id" in entry:
                 found.append(entry)
         return found
@@ -132,8 +154,8 @@ class Fingerprints:
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def ensure(self, code: str | None, code_root: Path, paths: Iterable[dict], commit: str = "") -> dict[str, dict]:
-        """Entries of ``paths`` at ``code`` (None: the uncommitted checkout at ``code_root``): stored
-        ones read, missing ones computed by canaries in one process and stored (never for None)."""
+        """Entries of ``paths`` at ``code`` (None: the uncommitted checkout at ``code_root``) on this
+        machine: stored ones read, missing ones computed by canaries and stored (never for None)."""
         have = _UNCOMMITTED.setdefault(str(code_root), {}) if code is None else self.entries(code)
         todo = {path_name(p): p for p in paths if path_name(p) not in have}
         if todo:
@@ -144,13 +166,14 @@ class Fingerprints:
                     result["id"] = self.identify(name, result["signature"])
                 have[name] = result
             if code is not None:
-                data = {"code": code, "commit": commit, "canary": CANARY_DIGEST, "paths": dict(sorted(have.items()))}
-                atomic_write_text(self.dir / f"{code}.json", json.dumps(data, indent=1, sort_keys=True) + "\n")
+                data = {"code": code, "commit": commit, "canary": CANARY_DIGEST,
+                        "machine": provenance.machine_description(), "paths": dict(sorted(have.items()))}
+                atomic_write_text(self._file(code, self.machine), json.dumps(data, indent=1, sort_keys=True) + "\n")
         return have
 
     def today_entries(self, paths: Iterable[dict]) -> dict[str, dict]:
-        """path name -> today's entry: its fingerprint and signature, or the error today's code
-        fails with on the path."""
+        """path name -> today's entry on this machine: its fingerprint and signature, or the error
+        today's code fails with on the path."""
         return self.ensure(provenance.committed_code_tree(), provenance.ROOT, paths, provenance.commit())
 
     def today(self, paths: Iterable[dict]) -> dict[str, str | None]:
@@ -163,27 +186,49 @@ class Fingerprints:
         if record.get("behaviour"):
             return record["behaviour"]
         code = provenance.record_fingerprint(record)
-        entry = self.entries(code).get(path_name(path_of(record["config"]))) if code else None
+        name = path_name(path_of(record["config"]))
+        entry = next((e for m in self.machines() if code and (e := self.entries(code, m).get(name))), None)
         return entry.get("id") if entry else None
 
     def signature(self, name: str, behaviour: str) -> dict | None:
         """The stored signature of fingerprint ``behaviour`` of path ``name``."""
         return next((e["signature"] for e in self.known(name) if e["id"] == behaviour), None)
 
+    def _today_somewhere(self, names: set[str]) -> dict[str, dict[str, dict]]:
+        """machine -> today's entries, on every machine whose file of today's code has them all."""
+        code = provenance.committed_code_tree()
+        if code is None:
+            return {}
+        return {m: e for m in self.machines() if names <= (e := self.entries(code, m)).keys()}
+
     def stale(self, records: list[dict]) -> dict[str, bool]:
         """record key -> whether its row is stale: computed by uncommitted code, or on a path whose
-        behaviour then is unknown or not the same as today's (compared by signature, so that the
-        tolerance in force decides, not the one that named the fingerprints)."""
+        behaviour at the record's code differs from today's, both canaries run on one machine (the
+        first that has both; this one computes today's when no machine has them). A record whose
+        code has no canary on such a machine falls back to the fingerprint it stored, compared by
+        signature (so that the tolerance in force decides): conservative across machines, and
+        ``clamp-bench fingerprint --backfill`` computes its code's canaries here."""
         names = {r["key"]: path_name(path_of(r["config"])) for r in records}
-        today = self.today_entries(path_of(r["config"]) for r in records)
+        today = self._today_somewhere(set(names.values()))
+        if self.machine not in today:
+            today[self.machine] = self.today_entries(path_of(r["config"]) for r in records)
+        def same(a: dict, b: dict) -> bool | None:
+            return None if "id" not in a or "id" not in b else a["id"] == b["id"] or \
+                same_behaviour(a["signature"], b["signature"])
         def stale(r: dict) -> bool:
-            then, now = self.of_record(r), today.get(names[r["key"]], {})
-            if provenance.is_dirty(r) or then is None or "id" not in now:
+            name, code = names[r["key"]], provenance.record_fingerprint(r)
+            if provenance.is_dirty(r):
                 return True
-            if then == now["id"]:
-                return False
-            then_signature = self.signature(names[r["key"]], then)
-            return then_signature is None or not same_behaviour(now["signature"], then_signature)
+            for machine, now in today.items():
+                then = self.entries(code, machine).get(name) if code else None
+                if then and name in now:
+                    return not same(then, now[name])
+            then, now = self.of_record(r), today[self.machine].get(name, {})
+            if then is None or "id" not in now:
+                return True
+            then_signature = self.signature(name, then)
+            return not (then == now["id"] or (then_signature is not None
+                        and same_behaviour(now["signature"], then_signature)))
         return {r["key"]: stale(r) for r in records}
 
 
@@ -213,12 +258,13 @@ def _commit_of(record: dict) -> str | None:
 
 
 def backfill(records: Iterable[dict], fps: Fingerprints) -> dict[str, int]:
-    """Compute the fingerprints of old records' paths at their own commits, each in a throwaway
-    ``git worktree`` (nothing is committed from it); return how many paths each code tree ran."""
+    """Compute, on this machine, the fingerprints of records' paths at their own commits that it
+    has not run yet, each in a throwaway ``git worktree`` (nothing is committed from it); return
+    how many paths each code tree ran."""
     wanted: dict[str, tuple[str, dict[str, dict]]] = {}
     for record in records:
         code, commit = provenance.record_fingerprint(record), _commit_of(record)
-        if record.get("behaviour") or not code or not commit:
+        if not code or not commit:
             continue
         path = path_of(record["config"])
         if path_name(path) not in fps.entries(code):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks import deploy
 from benchmarks.cell import config_precision
 from benchmarks.fingerprint import Fingerprints, path_of
 from benchmarks.provenance import is_dirty
@@ -20,7 +21,8 @@ from clamp.cache import atomic_write, atomic_write_text
 # quant_options.<name>, task_options.<name> and versions.<library> (and versions.commit)
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
-           "metric", "fp_value", "quant_value", "delta", "seed", "calibration", "n_calib", "n_eval", "lo_maps",
+           "metric", "fp_value", "quant_value", "delta", "int_top1", "int_vs_fake", "int_speedup", "seed",
+           "calibration", "n_calib", "n_eval", "lo_maps",
            "wall_s", "device", "weights_id", "stale", "behaviour", "gallery", "timestamp", "config_key", "config",
            "ablation"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
@@ -40,10 +42,13 @@ STALE_MARK = "†"
 STALE_NOTE = "today's code computes something else on the path of a seed (clamp-bench fingerprint)"
 
 
-def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour: str | None = None) -> dict:
+def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour: str | None = None,
+        deployed: dict | None = None) -> dict:
     """One CSV row from a stored cell record (metrics in percent); ``gallery``: the path of its
     synthetic images' PNG grid, relative to the results folder; ``behaviour``: the fingerprint of
-    its path at the code that computed it."""
+    its path at the code that computed it; ``deployed``: its deployment check (benchmarks/deploy.py:
+    top-1 on ONNX Runtime's integer kernels, its difference to fake quantization on the same
+    images, and the FP32 session's latency over the integer one's at batch 32)."""
     cfg, metric, comp = record["config"], record["metric"], record["compression"]
     fp, quant = record["fp"][metric], record["quant"][metric]
     precision = config_precision(cfg)
@@ -58,7 +63,8 @@ def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour
         "mean_a_bits_weighted": optional("mean_a_bits_weighted"),
         "compression_ratio": round(comp["compression_ratio"], 3), "gbops": optional("gbops"),
         "size_mb": round(comp["size_mb"], 4), "n_params": comp["n_params"], "metric": metric,
-        "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3), "seed": cfg["seed"],
+        "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3),
+        **_deployed(deployed), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "lo_maps": record["report"].get("lo_maps"),
         "wall_s": record["wall_s"], "device": record["device"], "weights_id": record.get("weights_id"),
@@ -71,6 +77,13 @@ def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour
         "task_options": cfg.get("task_options", {}),
         "versions": dict(part.partition("=")[::2] for part in record["versions"].split()),
     }
+
+
+def _deployed(check: dict | None) -> dict:
+    if check is None:
+        return {"int_top1": None, "int_vs_fake": None, "int_speedup": None}
+    return {"int_top1": round(check["int"], 3), "int_vs_fake": round(check["int_vs_fake"], 3),
+            "int_speedup": round(check["speedup"]["b32"], 3)}
 
 
 def _config_text(cfg: dict) -> str:
@@ -102,7 +115,7 @@ def table(store: ResultStore, task: str, fingerprints: Fingerprints | None = Non
     records = [r for r in store.records(task) if r["status"] == "ok" and not is_dirty(r)]
     fps = fingerprints or Fingerprints(store.root)
     stale = fps.stale(records)
-    rows = [row(r, gallery(r, store.root), stale[r["key"]], fps.of_record(r)) for r in records]
+    rows = [row(r, gallery(r, store.root), stale[r["key"]], fps.of_record(r), deploy.load(store, r)) for r in records]
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
     frame = pd.json_normalize(rows, sep=".", max_level=1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import platform
 import re
 import subprocess
 from functools import cache
@@ -74,6 +75,31 @@ def versions() -> str:
             return "-"
     libs = ("torch", "timm", "mmengine", "mmcv", "mmdet", "mmsegmentation")
     return " ".join(f"{lib}={version(lib)}" for lib in libs) + f" commit={commit()}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@cache
+def machine() -> str:
+    """What decides a float computation's last bits besides the code: CPU architecture, its model,
+    the kernels torch dispatches to on it (AVX2, AVX512, ...) and torch's version. Canary
+    signatures are compared only between runs on one machine (benchmarks/fingerprint.py)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    digest = hashlib.sha256(f"{cpu_model()}|{capability}|{torch.__version__}".encode()).hexdigest()[:8]
+    return f"{platform.machine()}-{capability.lower()}-{digest}"
+
+
+def machine_description() -> str:
+    return f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()} kernels, torch {torch.__version__}"
 
 
 def device_name(device: torch.device) -> str:

@@ -47,6 +47,10 @@ class ResultStore:
         """The quantizer state (bits, scales, zero points) of a good record."""
         return self.root / "cells" / task / f"{key}.quant.safetensors"
 
+    def deploy_path(self, task: str, key: str) -> Path:
+        """The deployment check of a good record (benchmarks/deploy.py): beside the cells, not among them."""
+        return self.root / "deploy" / task / f"{key}.json"
+
     def bits(self, task: str, key: str) -> dict[str, int] | None:
         """Bits of every quantizer of a good record, by name, from its stored state (None: no state)."""
         path = self.state_path(task, key)

@@ -3,6 +3,7 @@ models and the pretrained tier."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from functools import cached_property
 from pathlib import Path
@@ -174,6 +175,11 @@ class ClassificationTask:
     def real_images(self, n: int, seed: int) -> torch.Tensor:
         """``n`` random training images (the real-data oracle's calibration set)."""
         return torch.cat([x for x, _ in self._batches("train", n, seed)])[:n].to(self.device)
+
+    def test_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` images of the evaluation subset (exports trace and time on them)."""
+        batches = self._batches("test", self.n_eval, seed=0)
+        return torch.cat([x for x, _ in itertools.islice(batches, -(-n // self.batch_size))])[:n]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -87,7 +87,8 @@ def test_changed_arithmetic_stales_exactly_its_rows_and_a_rename_none(tmp_path):
         today = Fingerprints(tmp_path / "results").ensure(None, root, paths)  # uncommitted: computed, never stored
         stale = {r["key"]: r["behaviour"] != today[path_name(path_of(r["config"]))].get("id") for r in records}
         assert stale == expect, root.name
-    assert sorted(p.name for p in (tmp_path / "results" / "fingerprints").iterdir()) == ["then.json"]
+    stored = sorted(p.relative_to(fps.dir).as_posix() for p in fps.dir.rglob("*.json"))
+    assert stored == [f"{provenance.machine()}/then.json"]  # one file per machine and code
 
 
 def test_the_leaderboard_marks_stale_exactly_the_rows_whose_fingerprint_differs(tmp_path, monkeypatch):
@@ -143,3 +144,30 @@ def test_fingerprints_named_apart_are_compared_by_signature_under_todays_toleran
         monkeypatch.setattr(Fingerprints, "today_entries",
                             lambda self, paths, today=today: {name: {"id": "b2", "signature": today}})
         assert Fingerprints(tmp_path).stale([record]) == {"k": stale}
+
+
+def _write(root: Path, machine: str, code: str, entries: dict) -> None:
+    path = root / "fingerprints" / machine / f"{code}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"canary": fingerprint.CANARY_DIGEST, "paths": entries}))
+
+
+def test_codes_are_compared_on_one_machine_never_across(tmp_path, monkeypatch):
+    """Another CPU computes the canary 1e-3 apart: a record is current when its code and today's
+    agree on a machine that ran both, whatever this machine's canary says; with no such machine, its
+    stored fingerprint against this machine's is the conservative fallback."""
+    path = _path("psaq-vit")
+    name = path_name(path)
+    other = _signature(images=[100.0, 0.1, 0.9, *[-0.21 * i for i in range(1, 17)]])  # 5%: beyond RTOL
+    _write(tmp_path, "cpu-a", "code-then", {name: {"id": "a1", "path": path, "signature": _signature()}})
+    _write(tmp_path, "cpu-a", "code-today", {name: {"id": "a1", "path": path, "signature": _signature()}})
+    monkeypatch.setattr(provenance, "committed_code_tree", lambda: "code-today")
+    monkeypatch.setattr(provenance, "record_fingerprint", lambda record: "code-then")
+    monkeypatch.setattr(Fingerprints, "today_entries", lambda self, paths: {name: {"id": "b1", "signature": other}})
+    record = {"key": "k", "config": Cell("classification", DEIT, "psaq-vit", 4, 8).config(), "behaviour": "a1",
+              "versions": "commit=aaaa"}
+    assert Fingerprints(tmp_path).stale([record]) == {"k": False}  # compared on cpu-a
+    (tmp_path / "fingerprints" / "cpu-a" / "code-today.json").unlink()
+    assert Fingerprints(tmp_path).stale([record]) == {"k": True}  # only this machine knows today's code
+    _write(tmp_path, provenance.machine(), "code-then", {name: {"id": "b1", "path": path, "signature": other}})
+    assert Fingerprints(tmp_path).stale([record]) == {"k": False}  # --backfill ran the record's code here

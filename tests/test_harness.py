@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import leaderboard, runner
+from benchmarks import leaderboard, provenance, runner
 from benchmarks.cell import Cell, parse_precision
 from benchmarks.runner import RunOptions, run_cells
 from benchmarks.store import ResultStore
@@ -267,12 +267,13 @@ def test_suite_names_a_checkpoint_per_model(tmp_path):
 
 def test_stale_rows_are_marked_and_dirty_ones_never_rows(store):
     """A new record carries its path's fingerprint (its canary ran at this code): current; another
-    behaviour on the same path is stale; a dirty record is no row at all."""
+    behaviour (of other code, no canary of it here) is stale; a dirty record is no row at all."""
     run_cells([cell()], RunOptions(device="cpu"), store)
     record = json.loads(store.path(cell()).read_text())
-    assert record["behaviour"] and (store.root / "fingerprints" / f"{record['code']}.json").is_file()
+    file = store.root / "fingerprints" / provenance.machine() / f"{record['code']}.json"
+    assert record["behaviour"] and file.is_file()
     assert not leaderboard.table(store, "classification")["stale"].any()
-    store.path(cell()).write_text(json.dumps({**record, "behaviour": "0" * 10}))
+    store.path(cell()).write_text(json.dumps({**record, "code": "0" * 12, "behaviour": "0" * 10}))
     assert leaderboard.table(store, "classification")["stale"].all()
     dirty = {**record, "versions": record["versions"].split(" commit=")[0] + " commit=abc+dirty"}
     store.path(cell()).write_text(json.dumps(dirty))

@@ -1,6 +1,8 @@
 """Speed benchmarks (pytest-benchmark): `tox -e speed`, JSON under results/benchmarks/.
 
-Targets (checked by reading the JSON, never asserted): fake-quant forward (reference layout) at most 1.5x the FP
+Targets (checked by reading the JSON, never asserted): the ONNX Runtime integer session of a W8/A8 micro
+DeiT (QDQ fused into integer kernels, benchmarks/deploy.py) at least as fast as its FP32 session at batch 32;
+fake-quant forward (reference layout) at most 1.5x the FP
 forward of the same micro model and batch; a full CLAMP-ViT micro cell under 5 minutes on 2 cores; a
 CLAMP-ViT generation step on the micro detector's Swin backbone (32 canvases of 128 px) under 0.35 s on 2 cores
 (0.45 s with the gathered neighbourhood, which made the micro detection cell 11.9 minutes).
@@ -96,3 +98,22 @@ def test_clamp_full_micro_cell(benchmark, deit_task):
     model = deit_task.build_model()
     benchmark.pedantic(ClampViT().quantize, args=(deit_task, model, QuantConfig(BitPlan(4, 8)), 0),
                        rounds=1, iterations=1)
+
+
+@pytest.fixture(scope="module")
+def ort_sessions(deit_task, batch, tmp_path_factory):
+    """The micro DeiT as FP32 and as W8/A8 QDQ (real-data calibration), two threads each."""
+    from benchmarks.deploy import OrtModel, session
+    from clamp.quant.qdq import export_onnx
+    folder = tmp_path_factory.mktemp("onnx")
+    w8a8 = calibrate(quantize_model(deit_task.build_model(), QuantConfig(BitPlan(8, 8))), [batch])
+    return {kind: OrtModel(session(export_onnx(net, batch, folder / f"{kind}.onnx"), threads=2))
+            for kind, net in (("int8", w8a8), ("fp32", deit_task.build_model()))}
+
+
+@pytest.mark.benchmark(group="onnxruntime")
+@pytest.mark.parametrize("kind", ["int8", "fp32"])
+def test_onnxruntime_session(benchmark, ort_sessions, batch, kind):
+    model = ort_sessions[kind]
+    x = {model.input: batch.numpy()}
+    benchmark(model.session.run, None, x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clamp.quant.quantizer import FP_BITS
+from clamp.quant.quantizer import FP_BITS, check_bits
 from clamp.quant.wrap import is_weight, quant_layers, quantizers
 
 
@@ -61,3 +61,23 @@ def quant_state(model: nn.Module) -> dict[str, torch.Tensor]:
             state[f"{q.name}.scale"] = (q.scale * mult).detach().float().cpu().contiguous()
             state[f"{q.name}.zero_point"] = q.zero_point.detach().float().cpu().contiguous()
     return state
+
+
+def load_quant_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Give the quantizers of ``model`` (wrapped like the model ``state`` came from) the stored bits,
+    scales and zero points, frozen: the quantized model of a record, rebuilt from its FP weights."""
+    names = {q.name for q in quantizers(model)}
+    stored = {k.removesuffix(".bits") for k in state if k.endswith(".bits")}
+    if names != stored:
+        diff = sorted(names ^ stored)
+        raise ValueError(f"the stored quantizer state does not fit this model ({len(diff)} quantizers differ, "
+                         f"e.g. {diff[0]}): rebuild it with the cell's own model and quantizer options")
+    for q in quantizers(model):
+        q.reset()
+        q.bits = check_bits(int(state[f"{q.name}.bits"]))
+        if q.bits != FP_BITS:
+            q.scale = state[f"{q.name}.scale"].to(q.scale.device)
+            q.zero_point = state[f"{q.name}.zero_point"].to(q.zero_point.device)
+        q.state = "quant"
+        q.version += 1
+    return model
