@@ -13,8 +13,12 @@ the generation schedule (``rounds``) and TV prior follow PSAQ-ViT (|TV(x) - v| w
 scaled to the input); the refinement runs ``refine_steps`` Adam steps at ``refine_lr``;
 quantizers outside the blocks (patch embedding, Swin patch merging, head) are searched with the
 next block (the last block for the head); ``act_genes`` adds the block's activation scales as
-multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last. Ablations: ``data``
-(contrastive / psaq / gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``.
+multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last; ``mutation`` absolute
+(Evol-Q's radii) or relative (to each channel's scale). Mixed precision: ``bit_move`` (a bit gene
+redrawn from ``bit_choices``, or one bit up or down), ``mp_genes`` (every quantizer, or only the
+sites the budget counts) and ``budget`` (size and layer BOPS of uniform Wx/Ay, or BOPS alone with
+the attention matmuls: clamp/search/mixed.py). Ablations: ``data`` (contrastive / psaq /
+gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``.
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_i
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, is_weight, quantize_model, quantizers
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
-from clamp.search.mixed import BitBudget
+from clamp.search.mixed import RULES, BitBudget
 from clamp.task import Task, feature_lo_maps
 
 DATA_SOURCES = ("contrastive", "psaq", "gaussian")
+MP_GENES = ("all", "cost")
 BLOCK_ORDERS = ("last_first", "first_last")
 
 
@@ -103,7 +108,12 @@ class ClampViT:
     adv_weight: float = 1.0
     act_genes: bool = False
     block_order: str = "last_first"
+    mutation: str = "absolute"  # Evol-Q's radii, or relative to each channel's scale
+    # mixed precision
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    bit_move: str = "redraw"  # a mutated bit gene: redrawn from bit_choices, or one bit up or down (step)
+    mp_genes: str = "all"  # every quantizer's bits are genes, or only those the budget counts (cost)
+    budget: str = "size+bops"  # the MP budget rule (clamp/search/mixed.py): or bops, matmuls counted
 
     name = "clamp-vit"
     label_free = True
@@ -118,6 +128,15 @@ class ClampViT:
             raise ValueError(f"unknown negatives {self.negatives!r}: use {' or '.join(NEGATIVES)}")
         if self.block_order not in BLOCK_ORDERS:
             raise ValueError(f"unknown block_order {self.block_order!r}: use {' or '.join(BLOCK_ORDERS)}")
+        if self.mp_genes not in MP_GENES:
+            raise ValueError(f"unknown mp_genes {self.mp_genes!r}: use {' or '.join(MP_GENES)}")
+        if self.budget not in RULES:
+            raise ValueError(f"unknown budget {self.budget!r}: use {' or '.join(RULES)}")
+        self.evolution_config()  # bit_move and mutation are checked there
+
+    def evolution_config(self) -> EvolutionConfig:
+        return EvolutionConfig(self.population, self.tournament, bit_choices=tuple(self.bit_choices),
+                               bit_move=self.bit_move, mutation=self.mutation)
 
     # ---- stage 1 -------------------------------------------------------------------------
     def data_loss(self, task: Task, net: nn.Module, capture: MHSACapture, labels: torch.Tensor | None,
@@ -209,11 +228,12 @@ class Search:
         self.groups = block_groups(qnet)
         self.fp_blocks = [block for _, block in transformer_blocks(net)]
         self.q_blocks = [block for block, _ in self.groups]
-        self.budget = BitBudget(qnet) if mixed else None
+        self.budget = BitBudget(qnet, method.budget) if mixed else None
         self.bits = {q.name: q.bits for q in quantizers(qnet)}
         by_name = {q.name: q for q in quantizers(qnet)}
-        config = EvolutionConfig(method.population, method.tournament, bit_choices=tuple(method.bit_choices))
-        self.evo = Evolution(config, seed, mixed, rescale=lambda name, bits: by_name[name].scale_at(bits))
+        self.bit_genes = set(self.bits) if method.mp_genes == "all" or not mixed else self.budget.cost_sites
+        self.evo = Evolution(method.evolution_config(), seed, mixed,
+                             rescale=lambda name, bits: by_name[name].scale_at(bits))
         self.refine_steps = 0
         self.refresh_references()
 
@@ -225,15 +245,15 @@ class Search:
 
     def start(self, group: list[Quantizer]) -> Candidate:
         """The group's current parameters as a candidate: weight scales, optional activation
-        multipliers, and (mixed precision) every quantizer's bits."""
+        multipliers, and (mixed precision) the bits of its quantizers that are bit genes."""
         weights = [q for q in group if is_weight(q)]
         acts = [q for q in group if not is_weight(q)] if self.m.act_genes else []
         return Candidate({q.name: q.scale.clone() for q in weights}, {q.name: q.mult for q in acts},
-                         {q.name: q.bits for q in group} if self.mixed else {})
+                         {q.name: q.bits for q in group if q.name in self.bit_genes} if self.mixed else {})
 
     def apply(self, group: list[Quantizer], cand: Candidate) -> None:
         for q in group:
-            if self.mixed and cand.bits[q.name] != q.bits:
+            if self.mixed and cand.bits.get(q.name, q.bits) != q.bits:
                 q.set_bits(cand.bits[q.name])
             if q.name in cand.scales:
                 q.set_scale(cand.scales[q.name])
@@ -305,6 +325,7 @@ class Search:
         if isinstance(self.fp_out, tuple | list):  # a dense backbone: the maps L_O compared, pooled or not
             report["lo_maps"] = feature_lo_maps(self.fp_out)
         if self.mixed:
+            report["budget"] = self.budget.rule
             report["size_target_mb"] = round(self.budget.target_size / 8 / 1e6, 6)
             report["gbops_target"] = round(self.budget.target_bops / 1e9, 6)
         return self.images, report

@@ -20,6 +20,7 @@ from clamp.task import feature_contrastive_loss, feature_lo_maps
 from tasks.classification import ClassificationTask
 
 # a CLAMP-ViT small enough for a unit test; every stage still runs
+DEIT = "micro_deit_patch4_32"
 TINY = dict(n=8, rounds=((3, 15),), passes=1, cycles=2, population=4, tournament=2, refine_steps=1)
 
 
@@ -287,3 +288,62 @@ def test_an_inadmissible_mixed_plan_is_infinitely_unfit(task):
     assert math.isfinite(search.fitness(last, start))
     wide = Candidate(start.scales, start.mults, {name: 8 for name in start.bits})
     assert search.fitness(last, wide) == math.inf
+
+
+def test_a_stepped_bit_gene_moves_one_bit_within_the_choices():
+    evo = Evolution(EvolutionConfig(bit_mutation=1.0, bit_move="step"), seed=0, mixed=True)
+    parent = Candidate({}, bits={"a.out": 8, "b.out": 2, "c.out": 5})
+    moves = {name: set() for name in parent.bits}
+    for _ in range(50):
+        for name, bits in evo.mutate(parent, parent.bits.__getitem__).bits.items():
+            moves[name].add(bits)
+    assert moves == {"a.out": {7}, "b.out": {3}, "c.out": {4, 6}}
+    with pytest.raises(ValueError, match="unknown bit mutation"):
+        EvolutionConfig(bit_move="jump")
+
+
+@pytest.mark.parametrize("bits, r", [(4, 0.08), (8, 0.13)])
+def test_a_relative_mutation_moves_each_channel_within_its_own_fraction(bits, r):
+    evo = Evolution(EvolutionConfig(mutation="relative"), seed=1)
+    scale = torch.cat([torch.full((500,), 0.02), torch.full((500,), 2e-5)])  # two orders of magnitude apart
+    child = evo.mutate(Candidate({"w.weight": scale}), lambda name: bits).scales["w.weight"]
+    ratio = (child - scale).abs() / scale
+    assert (ratio <= r * (1 + 1e-6)).all() and ratio[:500].max() > 0.9 * r and ratio[500:].max() > 0.9 * r
+
+
+def test_bops_budget_by_hand_on_micro_deit_with_the_matmuls():
+    """W4/A8 micro DeiT (65 tokens of 96, 3 heads of 32, MLP 384, 4 blocks, 10 classes), per image:
+    layers 64 x 96 x 48 (patch embedding) + 4 x 65 x (96 x 288 + 96 x 96 + 96 x 384 + 384 x 96) + 96 x 10
+    MACs at 4 x 8 bits; per block q·kᵀ 3 x 65 x 65 x 32 MACs at 8 x 8 (both from qkv's output) and
+    attn·v as many at 32 x 8 (the softmax is FP in the reference layout)."""
+    from clamp.search.mixed import BitBudget
+    from tasks.classification import ClassificationTask
+    net = ClassificationTask(DEIT, n_eval=100).build_model()
+    qnet = calibrate(quantize_model(net, QuantConfig(BitPlan(4, 8))), [torch.randn(2, 3, 32, 32)])
+    layers = 64 * 96 * 48 + 4 * 65 * (96 * 288 + 96 * 96 + 96 * 384 + 384 * 96) + 96 * 10
+    matmuls = 4 * 3 * 65 * 65 * 32 * (8 * 8 + 32 * 8)
+    assert BitBudget(qnet, "bops").target_bops == layers * 4 * 8 + matmuls
+    assert BitBudget(qnet).target_bops == layers * 4 * 8  # size+bops: the layers only
+    bits = {q.name: q.bits for q in quantizers(qnet)}
+    budget = BitBudget(qnet, "bops")
+    assert budget.admissible({**bits, "blocks.0.attn.qkv.weight": 5, "blocks.0.attn.qkv.out": 6})
+    assert not budget.admissible({**bits, "blocks.0.attn.qkv.weight": 5})  # a rise must be paid for
+    assert not BitBudget(qnet).admissible({**bits, "blocks.0.attn.qkv.weight": 5, "blocks.0.attn.qkv.out": 6})
+
+
+def test_cost_free_sites_are_never_bit_genes(task):
+    """mp_genes=cost: only the weights and the activations that feed a quantized layer or (bops) a
+    matmul carry bit genes; residual sums, scores, LayerNorm-free outputs and logits stay at the base bits."""
+    net = task.backbone(task.build_model())
+    images = task.real_images(4, 0)
+    qnet = calibrate(quantize_model(net, QuantConfig(BitPlan(4, 8), mixed=True)), [images])
+    search = clamp_method.Search(ClampViT(**TINY, mp_genes="cost", budget="bops", bit_move="step"), task, net, qnet,
+                                 images, mixed=True, seed=0)
+    genes = {name for _, group in search.groups for name in search.start(group).bits}
+    assert genes == search.budget.cost_sites
+    free = {q.name for q in quantizers(qnet)} - genes
+    assert all(n.rsplit(".", 1)[-1] in ("res1", "res2") for n in free if ".res" in n)
+    assert {n.rsplit(".", 1)[-1] for n in free} >= {"res1", "res2", "scores", "scores_bias", "table"}
+    assert "head.fc.out" in free and "head.fc.input" in genes  # the logits cost nothing; the pooled features do
+    # qkv.out feeds q·kᵀ and attn·v; norm1.out feeds qkv through the window partition (found before qkv runs)
+    assert {"layers.0.blocks.0.attn.qkv.out", "layers.0.blocks.0.norm1.out"} <= genes

@@ -17,7 +17,7 @@ from clamp.quant import (
 )
 from clamp.quant.attention import QuantViTAttention, QuantWindowAttention
 from clamp.quant.modules import QuantConv2d, QuantLinear
-from clamp.quant.quantizer import range_to_affine
+from clamp.quant.quantizer import PtfQuantizer, range_to_affine
 
 
 def frozen(q: Quantizer, data: torch.Tensor) -> Quantizer:
@@ -81,6 +81,31 @@ def test_percentile_clips_outliers_and_omse_beats_minmax():
     assert pct.scale < minmax.scale / 10
     assert omse.scale < minmax.scale
     assert (omse(x) - x).pow(2).mean() < (minmax(x) - x).pow(2).mean()
+
+
+def test_ptf_gives_an_outlier_channel_its_own_power_of_two_hand_values():
+    """8 bits over the tensor's range [-1, 254]: s = 1, z = 1. The outlier channel keeps s; the small
+    one (values -1, -0.5, 0.3, 1) has squared errors 0.34, 0.29, 0.6275, 0.9087 at s / 2^0..3 (its
+    negative side is one step of the shared zero point), so it takes s / 2."""
+    x = torch.tensor([[-1.0, 254.0], [-0.5, -1.0], [0.3, 100.0], [1.0, 0.0]])
+    q = frozen(PtfQuantizer("blocks.0.res1", 8), x)
+    assert torch.equal(q.scale, torch.tensor([0.5, 1.0])) and q.zero_point.item() == 1
+    assert torch.equal(q(x), torch.tensor([[-0.5, 254.0], [-0.5, -1.0], [0.5, 100.0], [1.0, 0.0]]))
+    plain = frozen(Quantizer("t", 8), x)
+    assert (q(x) - x)[:, 0].pow(2).sum() < (plain(x) - x)[:, 0].pow(2).sum()
+
+
+def test_ptf_sits_on_the_layernorm_inputs_of_the_reference_layout(tiny_vit):
+    config = QuantConfig(BitPlan(8, 8), a_observer="ptf")
+    qnet = calibrate(quantize_model(tiny_vit, config), [torch.randn(4, 3, 32, 32)])
+    ptf = {q.name for q in quantizers(qnet) if isinstance(q, PtfQuantizer)}
+    assert ptf == {"pos_sum", *(f"blocks.{i}.res{j}" for i in range(2) for j in (1, 2))}
+    assert all(q.observer_name == "minmax" for q in quantizers(qnet) if q.name not in ptf)
+    assert qnet.blocks[0].res1.scale.shape == (48,)  # one scale per channel
+    with pytest.raises(ValueError, match="reference layout only"):
+        QuantConfig(a_observer="ptf", layout="inputs")
+    with pytest.raises(ValueError, match="unknown a_observer 'pft'"):
+        QuantConfig(a_observer="pft")
 
 
 def test_straight_through_gradient():

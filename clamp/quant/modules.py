@@ -74,6 +74,10 @@ class QuantMatMul(nn.Module):
                  out_quant: Quantizer | None = None) -> None:
         super().__init__()
         self.a_quant, self.b_quant, self.out_quant = a_quant, b_quant, out_quant
+        # for BOPS: MACs per image (set by the calibration probe) and the activation quantizers whose
+        # grids the operands are on (None: an FP operand); a layout without operand quantizers sets them
+        self.macs: int | None = None
+        self.feeders = tuple(q.name if q is not None else None for q in (a_quant, b_quant))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return _maybe(self.out_quant, _maybe(self.a_quant, a) @ _maybe(self.b_quant, b))

@@ -101,6 +101,32 @@ class OMSEObserver(SampleObserver):
         return v.reshape(-1) if self.axis is None else v
 
 
+class ChannelSampleObserver(Observer):
+    """Per-tensor min/max plus, per channel of the LAST axis, min/max and a bounded, strided sample
+    of its values: what a power-of-two factor per channel is chosen from (``PtfQuantizer``)."""
+
+    def __init__(self) -> None:
+        self.axis = -1
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+        self.samples: list[torch.Tensor] = []
+
+    def observe(self, x: torch.Tensor) -> None:
+        rows = x.detach().float().reshape(-1, x.shape[-1])
+        lo, hi = rows.amin(dim=0), rows.amax(dim=0)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        stride = max(1, rows.numel() // MAX_SAMPLES)
+        self.samples.append(rows[::stride].cpu())
+
+    def values(self) -> torch.Tensor:
+        """(channels, samples)."""
+        return torch.cat(self.samples).t()
+
+    def range(self, quantize: Quantize | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lo.min(), self.hi.max()
+
+
 OBSERVERS = {"minmax": Observer, "percentile": PercentileObserver, "omse": OMSEObserver}
 
 

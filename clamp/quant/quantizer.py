@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clamp.quant.observers import Observer, make_observer
+from clamp.quant.observers import ChannelSampleObserver, Observer, make_observer
 
 FP_BITS = 32
 
@@ -78,7 +78,7 @@ class Quantizer(nn.Module):
         self.numel: int | None = None
         self.bits = check_bits(bits)
         self.observer_name = observer
-        self.observer: Observer = make_observer(observer, axis)
+        self.observer: Observer = self._make_observer()
         self.state = "fp"
         self.mult = 1.0
         self.version = 0  # bumped whenever the effective quantization changes; lets callers cache
@@ -97,10 +97,13 @@ class Quantizer(nn.Module):
 
     def reset(self) -> None:
         """Forget observed statistics and the search multiplier (before a new calibration)."""
-        self.observer = make_observer(self.observer_name, self.axis)
+        self.observer = self._make_observer()
         self.mult = 1.0
         self.state = "fp"
         self.version += 1
+
+    def _make_observer(self) -> Observer:
+        return make_observer(self.observer_name, self.axis)
 
     def freeze(self) -> None:
         """Turn observed statistics into a scale and zero point and start quantizing."""
@@ -197,3 +200,36 @@ def _expand(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
     shape = [1] * x.dim()
     shape[axis] = -1
     return t.reshape(shape)
+
+
+class PtfQuantizer(Quantizer):
+    """FQ-ViT's power-of-two factor for LayerNorm inputs, whose channels span 25-70x the median
+    range (FQ-ViT, megvii-research/FQ-ViT ``models/ptq/observer/ptf.py``, ``PtfObserver``; CLAMP-ViT
+    ships the same file): one affine grid from the whole tensor's range, scale s and zero point z,
+    and per channel c of the last axis the scale s / 2^(3 - k_c), k_c in 0..3, the one with the least
+    squared error on the channel's observed values (ties: the finer scale). The zero point is
+    shared, so the factors are shifts of one integer grid: LayerNorm's integer form (FQ-ViT's
+    ``QIntLayerNorm``) aligns channels with bit shifts. Ours: the range is widened to contain 0 as
+    for every affine quantizer, and the error is measured on a bounded sample of every calibration
+    batch (FQ-ViT: the last batch)."""
+
+    FACTORS = 4  # 2^0 .. 2^3
+
+    def __init__(self, name: str, bits: int) -> None:
+        super().__init__(name, bits, observer="ptf", axis=-1, symmetric=False)
+
+    def _make_observer(self) -> Observer:
+        return ChannelSampleObserver()
+
+    def _params_from_observer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.observer.range(None)
+        coarse, zero_point = range_to_affine(lo, hi, self.bits, symmetric=False)
+        qmin, qmax = qrange(self.bits, symmetric=False)
+        v = self.observer.values().to(coarse.device)  # (channels, samples)
+        errors = []
+        for k in range(self.FACTORS):
+            s = coarse / 2 ** (self.FACTORS - 1 - k)
+            x_hat = (torch.clamp(torch.round(v / s) + zero_point, qmin, qmax) - zero_point) * s
+            errors.append((x_hat - v).pow(2).mean(dim=1))
+        best = torch.stack(errors).argmin(dim=0)  # the first of equal errors: the finer scale
+        return coarse / 2.0 ** (self.FACTORS - 1 - best), zero_point

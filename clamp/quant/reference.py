@@ -29,6 +29,7 @@ from torch import nn
 from clamp.quant.attention import QuantAttentionBase
 from clamp.quant.quantizer import Quantizer
 
+LAYERNORM_INPUTS = ("pos_sum", "res1", "res2")  # the sites whose values feed a LayerNorm: the residual stream
 MakeQuantizer = Callable[[str], Quantizer]  # site name -> activation quantizer of that name
 Sites = Callable[[nn.Module, str, MakeQuantizer], None]  # (module, its name, make) -> attach
 MODEL_SITES: dict[type[nn.Module], Sites] = {}
@@ -86,13 +87,17 @@ def join(*parts: str) -> str:
 def attention_sites(attn: nn.Module, name: str, make: MakeQuantizer, proj_out: bool = True) -> None:
     """qkv output, scaled scores, attn·v (the input of proj: per tensor, the same values as the
     product before its head merge) and proj output (unless the block quantizes the branch after a
-    LayerScale instead); Swin also the bias table and biased scores."""
+    LayerScale instead); Swin also the bias table and biased scores. Records which sites the
+    matmuls' operands come from (for their BOPS)."""
     if not isinstance(attn, QuantAttentionBase):
         raise ValueError(f"attention {type(attn).__name__} at {name} has no adapter: the reference layout "
                          "cannot quantize it")
     fp = attn.fp
     attn.matmul_qk.out_quant = make(join(name, "scores"))
     quantize_output(fp.qkv, make(join(name, "qkv.out")))
+    # the operands' grids: q, k and v are slices of qkv's quantized output; the softmax is FP
+    qkv = join(name, "qkv.out")
+    attn.matmul_qk.feeders, attn.matmul_av.feeders = (qkv, qkv), (None, qkv)
     quantize_input(fp.proj, make(join(name, "av")))
     if proj_out:
         quantize_output(fp.proj, make(join(name, "proj.out")))

@@ -13,9 +13,10 @@ from torch import nn
 from clamp.quant.attention import ADAPTERS as ATTENTION_ADAPTERS
 from clamp.quant.attention import QuantAttentionBase
 from clamp.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
+from clamp.quant.observers import OBSERVERS
 from clamp.quant.plan import BitPlan
-from clamp.quant.quantizer import FP_BITS, Log2Quantizer, Quantizer
-from clamp.quant.reference import BLOCK_SITES, MODEL_SITES, quantize_output
+from clamp.quant.quantizer import FP_BITS, Log2Quantizer, PtfQuantizer, Quantizer
+from clamp.quant.reference import BLOCK_SITES, LAYERNORM_INPUTS, MODEL_SITES, quantize_output
 
 SOFTMAX_QUANTIZERS = {"uniform": Quantizer, "log2": Log2Quantizer}
 LAYOUTS = ("reference", "inputs")
@@ -45,6 +46,13 @@ class QuantConfig:
             raise ValueError(f"unknown layout {self.layout!r}: use {' or '.join(LAYOUTS)}")
         if self.softmax_quant not in SOFTMAX_QUANTIZERS:
             raise ValueError(f"unknown softmax quantizer {self.softmax_quant!r}: use uniform or log2")
+        for kind, observer, allowed in (("w_observer", self.w_observer, OBSERVERS),
+                                        ("a_observer", self.a_observer, [*OBSERVERS, "ptf"])):
+            if observer not in allowed:
+                raise ValueError(f"unknown {kind} {observer!r}: choose one of {', '.join(allowed)}")
+        if self.a_observer == "ptf" and self.layout != "reference":
+            raise ValueError("a_observer=ptf quantizes LayerNorm inputs, which are sites of the reference layout only: "
+                             "use layout=reference")
         if self.layout == "reference" and (self.symmetric or self.softmax_quant != "uniform"):
             raise ValueError("symmetric and softmax_quant belong to layout=inputs: the reference layout has "
                              "symmetric weights and an FP softmax")
@@ -78,6 +86,9 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
         return cls(name, plan.bits(name), observer, axis, config.symmetric)
 
     def act(name: str) -> Quantizer:
+        if config.a_observer == "ptf":
+            return PtfQuantizer(name, plan.bits(name)) if name.rsplit(".", 1)[-1] in LAYERNORM_INPUTS \
+                else quantizer(name, "minmax")
         return quantizer(name, config.a_observer)
 
     targets = [(n, m) for n, m in qmodel.named_modules() if n and not _excluded(n, config.exclude)]
@@ -158,9 +169,10 @@ def quant_layers(model: nn.Module) -> Iterable[QuantLinear | QuantConv2d]:
 def probe_costs(model: nn.Module, x: torch.Tensor) -> None:
     """One forward of one image with every quantizer passing through: record, per quantized
     layer, its MACs per image and the activation quantizer that produced its input (``feeder``,
-    for BOPS), and per quantizer the elements it quantizes per image (``numel``). A quantizer
-    that passes through returns its input object, so the feeder is found by identity, or else
-    (the input was reshaped on the way, e.g. into Swin windows) it is the last quantizer that ran."""
+    for BOPS), per activation matmul its MACs per image, and per quantizer the elements it
+    quantizes per image (``numel``). A quantizer that passes through returns its input object, so
+    the feeder is found by identity, or else (the input was reshaped on the way, e.g. into Swin
+    windows) it is the last quantizer that ran."""
     produced: dict[int, tuple[torch.Tensor, Quantizer]] = {}  # the tensor is kept so its id stays unique
     last: list[Quantizer] = []
 
@@ -169,18 +181,26 @@ def probe_costs(model: nn.Module, x: torch.Tensor) -> None:
         produced[id(out)] = (out, q)
         last[:] = [q]
 
-    def on_layer(layer: QuantLinear | QuantConv2d, args: tuple, out: torch.Tensor) -> None:
+    def on_matmul(matmul: QuantMatMul, args: tuple, out: torch.Tensor) -> None:
+        matmul.macs = out.numel() * args[0].shape[-1]
+
+    def on_layer_input(layer: QuantLinear | QuantConv2d, args: tuple) -> None:
+        # before the layer runs: its own output quantizer must not count as the last one that ran
         feeder = layer.a_quant
         if feeder is None:
             feeder = produced[id(args[0])][1] if id(args[0]) in produced else (last or [None])[0]
         layer.feeder = feeder.name if feeder is not None else None
+
+    def on_layer(layer: QuantLinear | QuantConv2d, args: tuple, out: torch.Tensor) -> None:
         fan_in = layer.in_features if isinstance(layer, QuantLinear) else \
             layer.in_channels // layer.groups * math.prod(layer.kernel_size)
         layer.macs = out.numel() * fan_in
 
     states = {q: q.state for q in quantizers(model)}
     handles = [q.register_forward_hook(on_quantizer) for q in states if not is_weight(q)]
+    handles += [layer.register_forward_pre_hook(on_layer_input) for layer in quant_layers(model)]
     handles += [layer.register_forward_hook(on_layer) for layer in quant_layers(model)]
+    handles += [m.register_forward_hook(on_matmul) for m in model.modules() if isinstance(m, QuantMatMul)]
     try:
         for q in states:
             q.state = "fp"
