@@ -101,10 +101,6 @@ def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> Non
     for method, opts in {(c.method, json.dumps(c.method_options, sort_keys=True)) for c in cells}:
         make_method(method, **json.loads(opts))
     for cell in cells:
-        try:
-            cell.quant_config()
-        except TypeError as err:  # an unknown quantizer option
-            raise ValueError(f"bad quantizer options {cell.quant_options}: {err}") from None
         if cell.mixed and not supports_mixed(cell.method):
             raise ValueError(f"{cell.method} has no mixed-precision search: run it at fixed precision "
                              f"(W{cell.w_bits}A{cell.a_bits}), or {cell.precision} with a method that has one")

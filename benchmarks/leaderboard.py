@@ -22,7 +22,7 @@ from clamp.cache import atomic_write, atomic_write_text
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
            "metric", "fp_value", "quant_value", "delta", "int_top1", "int_vs_fake", "int_speedup", "seed",
-           "calibration", "n_calib", "n_eval", "lo_maps",
+           "calibration", "n_calib", "n_eval", "lo_maps", "alignment",
            "wall_s", "device", "weights_id", "stale", "behaviour", "gallery", "timestamp", "config_key", "config",
            "ablation"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
@@ -67,6 +67,7 @@ def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour
         **_deployed(deployed), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
         "n_eval": record["quant"]["n_eval"], "lo_maps": record["report"].get("lo_maps"),
+        "alignment": record["report"].get("alignment"),
         "wall_s": record["wall_s"], "device": record["device"], "weights_id": record.get("weights_id"),
         "stale": stale, "behaviour": behaviour, "gallery": gallery, "timestamp": record["timestamp"],
         "config_key": record["key"],
@@ -162,11 +163,14 @@ def markdown(summ: pd.DataFrame) -> str:
                             aggfunc="first").reset_index().fillna("")
     index = ["model", "fp_value", "layout", "method"]
     wide = wide[index + precision_order(set(wide.columns) - set(index))]
-    wide.columns.name = None
-    header = "| " + " | ".join(wide.columns) + " |\n|" + "---|" * len(wide.columns) + "\n"
-    lines = ["| " + " | ".join(str(v) for v in r) + " |" for r in wide.itertuples(index=False)]
     note = f"\n{STALE_MARK} stale: {STALE_NOTE}\n" if summ["stale"].any() else ""
-    return header + "\n".join(lines) + "\n" + note
+    return pipe_table(wide) + note
+
+
+def pipe_table(frame: pd.DataFrame) -> str:
+    """A markdown pipe table of ``frame``, values as they print."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    return header + "\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)) + "\n"
 
 
 def cells_table(store: ResultStore, cells: list) -> str:
@@ -270,6 +274,21 @@ def plot_mixed_bits(frame: pd.DataFrame, store: ResultStore, path: Path) -> None
     plt.close(fig)
 
 
+def deployment_markdown(frame: pd.DataFrame) -> str:
+    """The rows with a deployment check (clamp-bench export): fake-quant and integer-kernel top-1
+    on the same images, and the FP32 session's latency over the integer one's at batch 32."""
+    rows = frame[frame["int_top1"].notna()] if "int_top1" in frame else frame.iloc[:0]
+    if rows.empty:
+        return ""
+    table_ = rows.assign(fake=rows["int_top1"] - rows["int_vs_fake"])[
+        ["model", "method", "precision", "seed", "quant_value", "fake", "int_top1", "int_vs_fake", "int_speedup"]]
+    table_ = table_.rename(columns={"quant_value": "fake (row's eval set)", "fake": "fake (1,000 images)",
+                                    "int_top1": "ONNX Runtime int (same images)", "int_vs_fake": "int - fake",
+                                    "int_speedup": "speed-up vs FP32 (batch 32)"})
+    return ("\n## On integer kernels (ONNX Runtime CPU; `clamp-bench suite deploy`)\n\n"
+            + pipe_table(table_.round(2)))
+
+
 def write_csv(store: ResultStore, task: str) -> Path:
     """Rebuild results/<task>.csv, <task>_summary.csv, <task>.md and plots/<task>.png, under a
     lock so that concurrent runs never interleave their rebuilds."""
@@ -285,7 +304,7 @@ def _write_csv(store: ResultStore, task: str) -> Path:
     atomic_write_text(store.root / f"{task}_summary.csv", summ.to_csv(index=False))
     atomic_write_text(store.root / f"{task}.md", f"# {task}\n\n## Every method at its default options, reference "
                       f"layout (the README's table)\n\n{markdown(main_rows(summ))}\n## Every row: ablations and the "
-                      f"inputs layout too\n\n{markdown(summ)}")
+                      f"inputs layout too\n\n{markdown(summ)}{deployment_markdown(frame)}")
     plot(summ, store.root / "plots" / f"{task}.png")
     plot_mixed_bits(frame, store, store.root / "plots" / f"{task}_mp_bits.png")
     return path

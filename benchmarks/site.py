@@ -17,7 +17,7 @@ from itables import to_html_datatable
 from itables.javascript import generate_init_offline_itables_html
 from itables.options import dt_bundle
 
-from benchmarks import leaderboard
+from benchmarks import deploy, leaderboard
 from benchmarks.store import ResultStore
 from clamp.cache import atomic_write_text
 
@@ -115,6 +115,23 @@ def _bits_svg(bits: dict[str, int]) -> str:
             f'{"".join(bars)}</svg>')
 
 
+def _alignment_svg(children: list[list[float]]) -> str:
+    """The search's children as an inline SVG scatter: fitness change (x) against held-out loss
+    change (y), each axis symmetric about 0; a child in the lower left improved both."""
+    size, pad = 240, 8
+    fx = max(abs(c[1]) for c in children) or 1.0
+    hy = max(abs(c[2]) for c in children) or 1.0
+    def at(v: float, m: float) -> float:
+        return pad + (size - 2 * pad) * (v / m + 1) / 2
+    dots = "".join(f'<circle cx="{at(f, fx):.1f}" cy="{size - at(h, hy):.1f}" r="2" fill="#1f4e79">'
+                   f'<title>block {b}: fitness {f:+.3g}, held-out {h:+.3g}</title></circle>' for b, f, h in children)
+    axes = (f'<line x1="{pad}" y1="{size / 2}" x2="{size - pad}" y2="{size / 2}" stroke="#999"/>'
+            f'<line x1="{size / 2}" y1="{pad}" x2="{size / 2}" y2="{size - pad}" stroke="#999"/>')
+    return (f'<p>each child of the search: its fitness change (x, ±{fx:.3g}) and its held-out loss change on real '
+            f'training images (y, ±{hy:.3g}) against its parent</p><svg class="alignment" width="{size}" '
+            f'height="{size}" xmlns="http://www.w3.org/2000/svg">{axes}{dots}</svg>')
+
+
 def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore, siblings: pd.DataFrame) -> None:
     """The detail page of one row: stale flag, wall time, its seed's siblings, configuration,
     versions, report, images, per-layer bits, a link back."""
@@ -130,7 +147,17 @@ def _cell_page(record: dict, row: pd.Series, site: Path, store: ResultStore, sib
              f"<p>the other seeds: {others or 'none'}</p>",
              "<h2>configuration</h2><pre>" + _json(record["config"]) + "</pre>",
              "<h2>versions</h2><pre>" + html.escape(record["versions"]) + "</pre>",
-             "<h2>report</h2><pre>" + _json(record["report"]) + "</pre>"]
+             "<h2>report</h2><pre>" + _json({k: v for k, v in record["report"].items()
+                                             if k != "alignment_children"}) + "</pre>"]
+    check = deploy.load(store, record)
+    if check is not None:
+        parts.append("<h2>on integer kernels (ONNX Runtime)</h2><pre>" + html.escape(deploy.summary(check)) + "</pre>"
+                     + "<p>sites left as float quantize-dequantize: "
+                     + html.escape(", ".join(check["fusion"]["float_sites"]) or "none") + "</p>")
+    children = record["report"].get("alignment_children")
+    if children:
+        parts.append(f"<h2>fitness against held-out loss (rank correlation {record['report']['alignment']})</h2>"
+                     + _alignment_svg(children))
     if isinstance(row["gallery"], str):
         parts.append(f'<h2>synthetic images</h2><img class="gallery" src="../../{row["gallery"]}">')
     bits = store.bits(row["task"], record["key"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from clamp.generate.features import MHSACapture, patch_tokens, transformer_block
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, is_weight, quantize_model, quantizers
+from clamp.search.alignment import HeldOut, rank_correlation
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from clamp.search.mixed import RULES, BitBudget
 from clamp.task import Task, feature_lo_maps
@@ -118,6 +120,9 @@ class ClampViT:
     name = "clamp-vit"
     label_free = True
     mixed_precision = True
+    # the harness sets it on the instance to score the search's children after the fact on real
+    # training images (clamp/search/alignment.py); the search never reads it for a decision
+    held_out: ClassVar[HeldOut | None] = None
 
     def __post_init__(self) -> None:
         if self.data not in DATA_SOURCES:
@@ -208,7 +213,7 @@ class ClampViT:
         qnet = calibrate(quantize_model(net, config), images.split(32))
         report = {"calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(path)}
         if self.search:
-            images, search_report = Search(self, task, net, qnet, images, config.mixed, seed).run()
+            images, search_report = Search(self, task, net, qnet, images, config.mixed, seed, self.held_out).run()
             report.update(search_report)
         report["image_stats"] = image_stats(images, task.input_spec)
         comp = compression_report(qnet)
@@ -221,9 +226,11 @@ class Search:
     """Stage 2 for one model: layer-wise evolutionary search with cyclic data adaptation."""
 
     def __init__(self, method: ClampViT, task: Task, net: nn.Module, qnet: nn.Module, images: torch.Tensor,
-                 mixed: bool, seed: int) -> None:
+                 mixed: bool, seed: int, held_out: HeldOut | None = None) -> None:
         self.m, self.task, self.net, self.qnet, self.images, self.mixed = method, task, net, qnet, images, mixed
         self.seed = seed
+        self.held_out = held_out
+        self.children: list[tuple[int, float, float]] = []  # (block, fitness change, held-out change)
         self.prior = method._prior_inputs(task, seed)  # stage 1's labels and TV target, reused by refine
         self.groups = block_groups(qnet)
         self.fp_blocks = [block for _, block in transformer_blocks(net)]
@@ -277,13 +284,21 @@ class Search:
             f += local_contrastive_loss(rec.outputs[0], self.fp_block_out[i], self.m.tau).item()
         if self.m.output_loss:
             f += self.task.output_loss(self.fp_out, q_out).item()
+        if self.held_out is not None and cand.held is None:  # the diagnostic: never read by the search
+            cand.held = self.held_out(self.qnet)
         return f
+
+    def record_child(self, i: int, child: Candidate) -> None:
+        """The child's fitness and held-out changes against its parent's (both on the same data)."""
+        parent, child.parent = child.parent, None
+        if self.held_out is not None and math.isfinite(child.fitness) and math.isfinite(parent.fitness):
+            self.children.append((i, child.fitness - parent.fitness, child.held - parent.held))
 
     def rescore(self, i: int, population: list[Candidate]) -> None:
         """Fitness of every distinct candidate on the refined data (copies share one evaluation)."""
         seen: dict[int, float] = {}
         for cand in population:
-            key = id(next(iter(cand.scales.values()), cand))
+            key = _key(cand)
             if key not in seen:
                 seen[key] = self.fitness(i, cand)
             cand.fitness = seen[key]
@@ -303,7 +318,7 @@ class Search:
                 if p == 0:
                     start_fitness[i] = round(population[0].fitness, 5)
                 for c in range(m.cycles):
-                    self.evo.cycle(population, bits_of, lambda c, i=i: self.fitness(i, c))
+                    self.record_child(i, self.evo.cycle(population, bits_of, lambda c, i=i: self.fitness(i, c)))
                     if m.adaptation and (c + 1) % (m.cycles // 2) == 0:
                         self.apply(group, best(population))
                         self.images = m.refine(self.task, self.net, self.qnet, self.images, self.prior,
@@ -322,6 +337,11 @@ class Search:
         report = {"fitness_start": [start_fitness[i] for i in sorted(start_fitness)],
                   "fitness_end": [end_fitness[i] for i in sorted(end_fitness)],
                   "passes": m.passes, "cycles": m.cycles, "refine_steps": self.refine_steps}
+        if self.held_out is not None:
+            fit, held = [c[1] for c in self.children], [c[2] for c in self.children]
+            alignment = rank_correlation(fit, held)
+            report["alignment"] = None if alignment is None else round(alignment, 4)
+            report["alignment_children"] = [[i, round(f, 7), round(h, 7)] for i, f, h in self.children]
         if isinstance(self.fp_out, tuple | list):  # a dense backbone: the maps L_O compared, pooled or not
             report["lo_maps"] = feature_lo_maps(self.fp_out)
         if self.mixed:
@@ -329,3 +349,8 @@ class Search:
             report["size_target_mb"] = round(self.budget.target_size / 8 / 1e6, 6)
             report["gbops_target"] = round(self.budget.target_bops / 1e9, 6)
         return self.images, report
+
+
+def _key(cand: Candidate) -> int:
+    """Candidates that share their first scale tensor are copies of one another (the initial population)."""
+    return id(next(iter(cand.scales.values()), cand))

@@ -347,3 +347,39 @@ def test_cost_free_sites_are_never_bit_genes(task):
     assert "head.fc.out" in free and "head.fc.input" in genes  # the logits cost nothing; the pooled features do
     # qkv.out feeds q·kᵀ and attn·v; norm1.out feeds qkv through the window partition (found before qkv runs)
     assert {"layers.0.blocks.0.attn.qkv.out", "layers.0.blocks.0.norm1.out"} <= genes
+
+
+def test_rank_correlation_hand_values():
+    from clamp.search.alignment import rank_correlation
+    assert rank_correlation([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)  # 1 - 6 * 2 / (3 * 8)
+    assert rank_correlation([1, 2], [1, 2]) is None and rank_correlation([1, 2, 3], [5, 5, 5]) is None
+
+
+def test_the_alignment_diagnostic_scores_every_child_and_changes_no_decision(task):
+    """Held-out loss on real training images after each evaluation: one (fitness, held-out)
+    change per child; the quantized model is bit for bit the one the search gives without it."""
+    model = task.build_model()
+    held_images = task.real_images(4, seed=99)
+    with torch.no_grad():
+        fp_out = model(held_images)
+    calls = []
+
+    def held_out(qnet):
+        calls.append(1)
+        with torch.no_grad():
+            return float(task.output_loss(fp_out, qnet(held_images)))
+    x = task.real_images(4, seed=0)
+    outs, reports = [], []
+    for diagnostic in (None, held_out):
+        method = ClampViT(**{**TINY, "cycles": 4})
+        method.held_out = diagnostic
+        qmodel, report = method.quantize(task, model, QuantConfig(BitPlan(4, 8)), seed=0)
+        with torch.no_grad():
+            outs.append(qmodel(x))
+        reports.append(report)
+    assert torch.equal(outs[0], outs[1]) and "alignment" not in reports[0]
+    children = reports[1]["alignment_children"]
+    assert len(children) == 4 * 4  # 4 blocks x 4 cycles, one pass
+    assert -1 <= reports[1]["alignment"] <= 1 and calls

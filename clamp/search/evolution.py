@@ -29,9 +29,11 @@ class Candidate:
     mults: dict[str, float] = field(default_factory=dict)
     bits: dict[str, int] = field(default_factory=dict)
     fitness: float = float("inf")
+    held: float | None = None  # a diagnostic's loss on held-out images (clamp/search/alignment.py)
+    parent: Candidate | None = field(default=None, repr=False)  # a fresh child's, until its reader drops it
 
     def copy(self) -> Candidate:
-        return Candidate(dict(self.scales), dict(self.mults), dict(self.bits), self.fitness)
+        return Candidate(dict(self.scales), dict(self.mults), dict(self.bits), self.fitness, self.held)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Evolution:
     def mutate(self, parent: Candidate, bits_of: Callable[[str], int]) -> Candidate:
         cfg = self.config
         child = parent.copy()
+        child.held = None
         if self.mixed:
             for name in child.bits:
                 if self.rng.random() < cfg.bit_mutation:
@@ -109,10 +112,12 @@ class Evolution:
 
     def cycle(self, population: list[Candidate], bits_of: Callable[[str], int],
               fitness: Callable[[Candidate], float]) -> Candidate:
-        """Tournament with replacement, mutate its best, add the child, drop the worst; returns the child."""
+        """Tournament with replacement, mutate its best, add the child, drop the worst; returns the
+        child, its ``parent`` set."""
         contenders = self.rng.choices(population, k=self.config.tournament)
-        child = self.mutate(min(contenders, key=lambda c: c.fitness), bits_of)
-        child.fitness = fitness(child)
+        parent = min(contenders, key=lambda c: c.fitness)
+        child = self.mutate(parent, bits_of)
+        child.fitness, child.parent = fitness(child), parent
         population.append(child)
         population.sort(key=lambda c: c.fitness)
         population.pop()
