@@ -250,11 +250,18 @@ def _check_deployable(cells: list[Cell]) -> None:
             raise ValueError(f"cannot export {cell.model} {cell.method} {cell.precision}: {why}")
 
 
-def _deploy(records: list[dict], store: ResultStore, options: deploy.DeployOptions, data_root: str | None) -> None:
-    """The deployment check of every finished record that has none of its own yet."""
+def _deploy(records: list[dict], store: ResultStore, options: deploy.DeployOptions, data_root: str | None) -> bool:
+    """The deployment check of every finished record that has none of its own yet; one that cannot
+    be checked is said in one line and the others go on. True when every check was made."""
+    ok = True
     for record in records:
         if record and record["status"] == "ok" and deploy.load(store, record) is None:
-            print(deploy.summary(deploy.check(record, store, options, data_root)))
+            try:
+                print(deploy.summary(deploy.check(record, store, options, data_root)))
+            except ValueError as err:
+                ok = False
+                print(f"not checked: {err}", file=sys.stderr)
+    return ok
 
 
 def export(args: argparse.Namespace) -> None:
@@ -388,9 +395,8 @@ def main(argv: list[str] | None = None) -> None:
                 _check_deployable(cells)
             store = _store(args, personal=True)
             records = _run(cells, args, store)
-            if args.export:
-                _deploy(records, store, _deploy_options(args), args.data_root)
-            sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
+            deployed = _deploy(records, store, _deploy_options(args), args.data_root) if args.export else True
+            sys.exit(0 if deployed and all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "suite":
             suite = suites.load_suite(args.name)
             checkpoints = _checkpoints(args, suite)
@@ -407,10 +413,12 @@ def main(argv: list[str] | None = None) -> None:
             if "deploy" in suite:
                 _check_deployable(cells)
             records = _run(cells, args, store, only, checkpoints)
+            deployed = True
             if "deploy" in suite:
-                _deploy(records, store, _deploy_options(args, suite), args.data_root)
+                deployed = _deploy(records, store, _deploy_options(args, suite), args.data_root)
+                print(f"wrote {leaderboard.write_csv(store, suite['task'])}")  # with the checks' columns
             print(leaderboard.cells_table(store, cells))
-            sys.exit(0 if all(r and r["status"] == "ok" for r in records) else 1)
+            sys.exit(0 if deployed and all(r and r["status"] == "ok" for r in records) else 1)
         if args.command == "compare":
             compare(args)
         if args.command == "fingerprint":
