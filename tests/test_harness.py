@@ -446,9 +446,10 @@ def test_dry_run_lists_and_estimates_and_a_finished_suite_says_so(tmp_path, caps
     out = capsys.readouterr().out
     assert out.startswith("all 4 cells of") and "--force" in out and "| micro_swin_patch2_window4_32 |" in out
     assert "†" not in out and out.strip().splitlines()[-1].startswith("the web leaderboard of every cell:")
-    # one cell on another behaviour: stale, marked in the table, and what --stale --dry-run would run
+    # one cell of other code (no canary of it here) on another behaviour: stale, marked in the table, and
+    # what --stale --dry-run would run
     record = json.loads(store.path(cells[2]).read_text())
-    store.path(cells[2]).write_text(json.dumps({**record, "behaviour": "0" * 10}))
+    store.path(cells[2]).write_text(json.dumps({**record, "code": "0" * 12, "behaviour": "0" * 10}))
     main(["suite", str(suite), "--results-dir", str(store.root), "--dry-run"])
     assert capsys.readouterr().out.startswith("0 to run (no estimate), 4 finished (1 of them stale)")
     main(["suite", str(suite), "--results-dir", str(store.root), "--dry-run", "--stale"])
