@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.calibration import ptq
-from clamp.cache import cached_images
+from clamp.generate.cache import cached_images
 from clamp.generate.features import MHSACapture, is_windowed
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy

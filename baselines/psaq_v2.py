@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from baselines.psaq import PSAQOptions
-from clamp.cache import cached_images
+from clamp.generate.cache import cached_images
 from clamp.generate.features import MHSACapture
 from clamp.generate.loop import image_stats, noise, optimise_images
 from clamp.quant import QuantConfig, calibrate, quantize_model, quantizers

@@ -29,7 +29,7 @@ from benchmarks.provenance import is_dirty
 from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_cells, with_weights
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import REPO_RESULTS, ResultStore
-from clamp.cache import cache_dir
+from clamp.io import cache_dir
 from clamp.registry import available_methods, get_method, make_method, supports_mixed
 from tasks import TASKS, make_task, task_class
 from tasks.weights import offline

@@ -26,7 +26,7 @@ from torch import nn
 from benchmarks.cell import Cell
 from benchmarks.provenance import commit
 from benchmarks.store import ResultStore
-from clamp.cache import atomic_write_text, cache_dir
+from clamp.io import atomic_write_text, cache_dir
 from clamp.quant import quantize_model, quantizers
 from clamp.quant.compression import load_quant_state
 from clamp.quant.qdq import ACT_BITS, SITE, export_onnx

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from benchmarks import canary, provenance
-from clamp.cache import atomic_write_text
+from clamp.io import atomic_write_text
 
 log = logging.getLogger("clamp-bench")
 # Within this relative tolerance two canaries computed the same thing. Measured (README, "Behaviour

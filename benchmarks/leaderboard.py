@@ -14,7 +14,7 @@ from benchmarks.cell import config_precision
 from benchmarks.fingerprint import Fingerprints, path_of
 from benchmarks.provenance import is_dirty
 from benchmarks.store import ResultStore
-from clamp.cache import atomic_write, atomic_write_text
+from clamp.io import atomic_write, atomic_write_text
 
 # the fixed columns; then, flattened from the record by pandas.json_normalize and sorted:
 # quant_metrics.<metric> (every metric of the quantized model, percent), method_options.<name>,

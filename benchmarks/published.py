@@ -8,7 +8,7 @@ import pandas as pd
 
 from benchmarks.leaderboard import summary, table
 from benchmarks.store import ResultStore
-from clamp.cache import atomic_write_text
+from clamp.io import atomic_write_text
 
 PUBLISHED = Path(__file__).parent / "published.csv"
 

@@ -25,7 +25,7 @@ from benchmarks.cell import Cell
 from benchmarks.fingerprint import Fingerprints, path_name, path_of
 from benchmarks.provenance import committed_code, device_name, versions
 from benchmarks.store import ResultStore
-from clamp.cache import atomic_write_text, cache_dir, config_key, file_sha256
+from clamp.io import atomic_write_text, cache_dir, config_key, file_sha256
 from clamp.quant import compression_report, quant_state
 from clamp.registry import make_method
 from clamp.task import RANDOM_WEIGHTS

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clamp.cache import cache_dir
+from clamp.io import cache_dir
 
 EXECUTORS = ("none", "slurm", "submitit-local")
 

@@ -19,7 +19,7 @@ from itables.options import dt_bundle
 
 from benchmarks import deploy, leaderboard
 from benchmarks.store import ResultStore
-from clamp.cache import atomic_write_text
+from clamp.io import atomic_write_text
 
 # what a researcher reads first, on the left
 ROW_COLUMNS = ["model", "method", "precision", "quant_value", "stale", "seed", "layout", "ablation", "delta",

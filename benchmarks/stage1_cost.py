@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clamp.cache import atomic_write_text
+from clamp.io import atomic_write_text
 
 CASES = {  # (task, model) -> the side of its synthetic images
     ("detection", "mask-rcnn_swin-t-p4-w7_fpn_1x_coco"): 512,

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from benchmarks.cell import Cell
-from clamp.cache import atomic_write, atomic_write_text
+from clamp.io import atomic_write, atomic_write_text
 
 log = logging.getLogger("clamp-bench")
 REPO_RESULTS = Path(__file__).resolve().parent.parent / "results"

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clamp.cache import cached_images
-from clamp.generate.contrastive import NEGATIVES, local_contrastive_loss, patch_contrastive_loss
+from clamp.generate.cache import cached_images
+from clamp.generate.contrastive import NEGATIVES, feature_lo_maps, local_contrastive_loss, patch_contrastive_loss
 from clamp.generate.features import MHSACapture, patch_tokens, transformer_blocks
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
@@ -39,7 +39,7 @@ from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, i
 from clamp.search.alignment import HeldOut, rank_correlation
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from clamp.search.mixed import RULES, BitBudget
-from clamp.task import Task, feature_lo_maps
+from clamp.task import Task
 
 DATA_SOURCES = ("contrastive", "psaq", "gaussian")
 MP_GENES = ("all", "cost")

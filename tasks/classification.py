@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import tasks.micro.models as zoo
 import tasks.pretrained.models as pretrained
-from clamp.cache import file_sha256
+from clamp.io import file_sha256
 from clamp.task import RANDOM_WEIGHTS, InputSpec, fixed_init
 from tasks.micro import fashion_mnist
 from tasks.weights import WeightFile, hub_file

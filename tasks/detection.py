@@ -6,8 +6,8 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from clamp.cache import atomic_write_text, cache_dir, config_key
-from tasks import mm_layout, swin_keys  # noqa: F401  (registers the mmdet Swin attention adapter and reference sites)
+from clamp.io import atomic_write_text, cache_dir, config_key
+from tasks import swin_keys
 from tasks.mm import MMTask
 
 COCO_ENV = "CLAMP_COCO"

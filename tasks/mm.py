@@ -17,8 +17,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from clamp.cache import file_sha256
-from clamp.task import RANDOM_WEIGHTS, InputSpec, feature_contrastive_loss, fixed_init
+from clamp.generate.contrastive import feature_contrastive_loss
+from clamp.io import file_sha256
+from clamp.task import RANDOM_WEIGHTS, InputSpec, fixed_init
 from tasks.mm_cuda import route_nms_to_torchvision, use_torchvision_roi_align
 from tasks.weights import WeightFile, url_file
 

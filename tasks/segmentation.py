@@ -6,9 +6,8 @@ from pathlib import Path
 
 from torch import nn
 
-from tasks import mm_layout  # noqa: F401  (registers the mm attention adapters and reference sites)
+from tasks.families.mmseg_vit import rewrite_attention
 from tasks.mm import MMTask
-from tasks.mm_attention import rewrite_attention
 
 ADE20K_ENV = "CLAMP_ADE20K"
 

@@ -8,6 +8,8 @@ import torch
 import clamp.method as clamp_method
 from clamp.generate import contrastive
 from clamp.generate.contrastive import (
+    feature_contrastive_loss,
+    feature_lo_maps,
     local_contrastive_loss,
     neighbours,
     patch_contrastive_loss,
@@ -16,7 +18,6 @@ from clamp.generate.contrastive import (
 from clamp.method import ClampViT, block_groups
 from clamp.quant import BitPlan, QuantConfig, calibrate, compression_report, quantize_model, quantizers
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
-from clamp.task import feature_contrastive_loss, feature_lo_maps
 from tasks.classification import ClassificationTask
 
 # a CLAMP-ViT small enough for a unit test; every stage still runs

@@ -10,8 +10,7 @@ from mmseg.models.backbones.vit import VisionTransformer
 from clamp.generate.features import MHSACapture, is_windowed, patch_tokens, transformer_blocks
 from clamp.method import block_groups
 from clamp.quant import BitPlan, QuantConfig, calibrate, quantize_model
-from tasks import mm_layout  # noqa: F401  (registers the mm reference-layout sites)
-from tasks.mm_attention import SelfAttention, rewrite_attention
+from tasks.families.mmseg_vit import SelfAttention, rewrite_attention
 
 
 def mm_swin(cls):

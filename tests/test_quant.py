@@ -15,9 +15,10 @@ from clamp.quant import (
     quantize_model,
     quantizers,
 )
-from clamp.quant.attention import QuantViTAttention, QuantWindowAttention
 from clamp.quant.modules import QuantConv2d, QuantLinear
 from clamp.quant.quantizer import PtfQuantizer, range_to_affine
+from tasks.families.timm_swin import QuantWindowAttention
+from tasks.families.timm_vit import QuantViTAttention
 
 
 def frozen(q: Quantizer, data: torch.Tensor) -> Quantizer:

@@ -102,3 +102,37 @@ def local_contrastive_loss(q_grid: torch.Tensor, fp_grid: torch.Tensor, tau: flo
         rows = torch.arange(logits.shape[1], device=q.device)
         total = total + (torch.logsumexp(logits, -1) - logits[:, rows, rows + start]).sum()
     return total / (b * q.shape[1])
+
+
+LO_MAX_SIDE = 32  # L_O's largest map side: bigger dense maps are average-pooled to it (ours, not the paper's)
+
+
+def _lo_side(shape: torch.Size, max_side: int) -> tuple[int, int]:
+    return min(shape[-2], max_side), min(shape[-1], max_side)
+
+
+def feature_contrastive_loss(fp_feats: tuple[torch.Tensor, ...], q_feats: tuple[torch.Tensor, ...],
+                             tau: float = 0.1, max_side: int = LO_MAX_SIDE) -> torch.Tensor:
+    """L_O of a dense-task backbone: the local patch contrastive loss (each quantized location's
+    positive is the same FP location) on every output feature map (B, C, H, W), averaged.
+    Maps larger than ``max_side`` are average-pooled first: the loss is exact per anchor chunk in
+    memory, but its time and, in the refinement's backward, its stored logits grow with the square
+    of the locations (a 128x128 map at 512 px would keep 1 GiB per image)."""
+    losses = []
+    for fp, q in zip(fp_feats, q_feats, strict=True):
+        side = _lo_side(fp.shape, max_side)
+        if side != tuple(fp.shape[-2:]):
+            fp, q = F.adaptive_avg_pool2d(fp, side), F.adaptive_avg_pool2d(q, side)
+        losses.append(local_contrastive_loss(q.permute(0, 2, 3, 1), fp.permute(0, 2, 3, 1), tau))
+    return torch.stack(losses).mean()
+
+
+def feature_lo_maps(feats: tuple[torch.Tensor, ...], max_side: int = LO_MAX_SIDE) -> str:
+    """The maps L_O compares, for the row: '128x128->32x32 64x64->32x32 32x32 16x16' (-> where pooled)."""
+    def size(hw: tuple[int, int]) -> str:
+        return f"{hw[0]}x{hw[1]}"
+    parts = []
+    for f in feats:
+        hw, side = tuple(f.shape[-2:]), _lo_side(f.shape, max_side)
+        parts.append(size(hw) + (f"->{size(side)}" if side != hw else ""))
+    return " ".join(parts)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from clamp.quant.attention import ADAPTERS, QuantAttentionBase
+from clamp.quant.families import load_families
 
 
 @dataclass
@@ -32,13 +33,17 @@ class MHSAOutput:
         return self.tokens.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
 
+def _adapted(module: nn.Module | None) -> bool:
+    return isinstance(module, QuantAttentionBase) or type(module) in ADAPTERS
+
+
 def attention_of(block: nn.Module) -> nn.Module | None:
-    """The block's (FP or quantized) attention with a registered adapter, or None."""
+    """The block's (FP or quantized) attention with a registered adapter: ``block.attn``, or its
+    child when ``attn`` wraps it (mm Swin's ``ShiftWindowMSA``); else None."""
     attn = getattr(block, "attn", None)
-    attn = getattr(attn, "w_msa", attn)  # mm Swin nests its window attention in ShiftWindowMSA
-    if isinstance(attn, QuantAttentionBase) or type(attn) in ADAPTERS:
+    if attn is None or _adapted(attn):
         return attn
-    return None
+    return next((child for child in attn.children() if _adapted(child)), None)
 
 
 def adapter_of(attn: nn.Module) -> type[QuantAttentionBase]:
@@ -47,6 +52,7 @@ def adapter_of(attn: nn.Module) -> type[QuantAttentionBase]:
 
 def transformer_blocks(net: nn.Module) -> list[tuple[str, nn.Module]]:
     """Blocks in forward order: the modules whose ``attn`` is a (quantized) attention."""
+    load_families()
     return [(name, m) for name, m in net.named_modules() if attention_of(m) is not None]
 
 

@@ -2,7 +2,9 @@
 
 Fused attention (scaled_dot_product_attention) hides q·kᵀ and attn·v, so each attention
 implementation gets a small adapter that computes the same maths explicitly through
-QuantMatMul. Everything else about a model is generic module swapping (see wrap.py).
+QuantMatMul. The adapters live with their model family (tasks/families/); here is what they
+share: the base class, the registry, and the shifted-window attention that timm's and mm's Swin
+both compute. Everything else about a model is generic module swapping (see wrap.py).
 """
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import math
 from collections.abc import Callable
 
 import torch
-from timm.layers.attention import Attention
-from timm.models.swin_transformer import WindowAttention, window_reverse
 from torch import nn
 
 from clamp.quant.modules import QuantMatMul
@@ -69,6 +69,14 @@ def relative_position_bias(table: torch.Tensor, index: torch.Tensor, n: int) -> 
     return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
 
 
+def window_reverse(windows: torch.Tensor, window: tuple[int, int], h: int, w: int) -> torch.Tensor:
+    """(B * nW, wh, ww, C) windows of an (h, w) map, row-major -> (B, h, w, C)."""
+    wh, ww = window
+    c = windows.shape[-1]
+    x = windows.view(-1, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5)
+    return x.contiguous().view(-1, h, w, c)
+
+
 def unwindow(x: torch.Tensor, hw: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
     """Windows (B * nW, wh * ww, C) of a padded, cyclically shifted (H, W) map -> (B, H, W, C)."""
     H, W = hw
@@ -80,35 +88,10 @@ def unwindow(x: torch.Tensor, hw: tuple[int, int], window: tuple[int, int], shif
     return grid[:, :H, :W]
 
 
-@register_attention(Attention)
-class QuantViTAttention(QuantAttentionBase):
-    """timm ViT/DeiT ``Attention``."""
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("masked attention is not used by the ViTs this suite quantizes")
-        m = self.fp
-        B, N, _ = x.shape
-        gate = m.gate(x).sigmoid() if m.gate is not None else None
-        q, k, v = m.qkv(x).reshape(B, N, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = m.q_norm(q), m.k_norm(k)
-        attn = self.matmul_qk(q * m.scale, k.transpose(-2, -1)).softmax(dim=-1)
-        x = self.matmul_av(m.attn_drop(attn), v)
-        x = m.norm(x.transpose(1, 2).reshape(B, N, m.attn_dim))
-        if gate is not None:
-            x = x * gate
-        return m.proj_drop(m.proj(x))
-
-    @staticmethod
-    def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
-        h, w = net.patch_embed.grid_size
-        tokens = x[:, x.shape[1] - h * w:]
-        return tokens, tokens.reshape(x.shape[0], h, w, x.shape[2])
-
-
-@register_attention(WindowAttention)
-class QuantWindowAttention(QuantAttentionBase):
-    """timm Swin ``WindowAttention`` (relative position bias, shifted-window mask)."""
+class QuantWindowAttentionBase(QuantAttentionBase):
+    """Shifted-window attention with a relative-position-bias table (timm's ``WindowAttention``,
+    mm's ``WindowMSA``: the same maths and attribute names). The shift mask, when given, is
+    (nW, N, N) and added per window."""
 
     windowed = True
 
@@ -124,7 +107,3 @@ class QuantWindowAttention(QuantAttentionBase):
             attn = attn.view(-1, m.num_heads, N, N)
         x = self.matmul_av(m.attn_drop(attn.softmax(dim=-1)), v)
         return m.proj_drop(m.proj(x.transpose(1, 2).reshape(B_, N, -1)))
-
-    @staticmethod
-    def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
-        return x, unwindow(x, block.input_resolution, block.window_size, block.shift_size)

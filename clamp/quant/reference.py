@@ -13,17 +13,15 @@ pooled features that feed the head, and the logits.
 Sites are attached without copying models: a quantizer becomes a child of the module whose
 output (or input) it quantizes, applied by a forward hook; residual sums, which no module
 outputs, need the block's forward, so a block's class is swapped for a subclass that adds
-them. Each model family registers its sites here (timm) or in ``tasks/`` (mm backbones); a
-model or block without an adapter fails with one line instead of running partly in FP.
+them. Each model family registers its sites from its own module (tasks/families/), with the
+helpers below; a model or block without an adapter fails with one line instead of running
+partly in FP.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from timm.models.deit import VisionTransformerDistilled
-from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTransformerBlock
-from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from clamp.quant.attention import QuantAttentionBase
@@ -126,18 +124,9 @@ def patch_merging_sites(merging: nn.Module, name: str, make: MakeQuantizer) -> N
     quantize_output(merging.reduction, make(join(name, "reduction.out")))
 
 
-# ---- timm ViT / DeiT -----------------------------------------------------------------------
-class RefViTBlock(Block):
-    """timm ``Block`` with both residual sums quantized."""
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = self.res1(x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask,
-                                                              is_causal=is_causal))))
-        return self.res2(x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))))
-
-
-def _block_sites(block: nn.Module, name: str, make: MakeQuantizer, ref: type[nn.Module]) -> None:
-    """A pre-norm block (timm ViT or Swin): norm1, attention, norm2, MLP, both residual sums.
+def prenorm_block_sites(block: nn.Module, name: str, make: MakeQuantizer, ref: type[nn.Module]) -> None:
+    """A pre-norm block (``norm1``, ``attn``, ``norm2``, ``mlp``; timm ViT or Swin): norm1, attention,
+    norm2, MLP, and both residual sums, which ``ref`` (a subclass of the block's class) adds.
 
     With LayerScale (DINOv2, CaiT; PSAQ-ViT's models have none) each branch is quantized after its
     scale, where it joins the residual, instead of at proj's and fc2's outputs: the same as folding
@@ -154,80 +143,3 @@ def _block_sites(block: nn.Module, name: str, make: MakeQuantizer, ref: type[nn.
     else:
         mlp_sites(block.mlp.act, block.mlp.fc2, join(name, "mlp"), make)
     swap_class(block, ref, res1=make(join(name, "res1")), res2=make(join(name, "res2")))
-
-
-@register_block_sites(Block)
-def _vit_block(block: Block, name: str, make: MakeQuantizer) -> None:
-    _block_sites(block, name, make, RefViTBlock)
-
-
-def _embed(model: nn.Module, x: torch.Tensor, prefix_tokens: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
-    """Prefix tokens + patch tokens, + position embedding, each quantized (PSAQ-ViT's
-    ``qact_embed``, ``qact_pos`` and ``qact1``)."""
-    prefix = [t.expand(x.shape[0], -1, -1) for t in prefix_tokens if t is not None]
-    x = model.embed_quant(torch.cat([*prefix, x], dim=1))
-    return model.pos_drop(model.sum_quant(x + model.pos_quant(model.pos_embed)))
-
-
-class RefVisionTransformer(VisionTransformer):
-    """timm ``VisionTransformer`` with its embedding sum quantized."""
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        return _embed(self, x, (self.cls_token, self.reg_token))
-
-
-class RefVisionTransformerDistilled(VisionTransformerDistilled):
-    """timm distilled DeiT: class and distillation tokens, then the same embedding sum."""
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        return _embed(self, x, (self.cls_token, self.dist_token))
-
-
-@register_model_sites(VisionTransformer)
-@register_model_sites(VisionTransformerDistilled)
-def _vit(model: VisionTransformer, name: str, make: MakeQuantizer) -> None:
-    if model.pos_embed is None or model.no_embed_class or model.dynamic_img_size:
-        raise ValueError("the reference layout supports ViTs whose position embedding covers the class token "
-                         "at a fixed image size (DeiT, ViT): use layout=inputs for this one")
-    patch_embed_sites(model.patch_embed, join(name, "patch_embed"), make)
-    # PSAQ-ViT quantizes norm(x)[:, 0], the pooled token the head reads: the head's input
-    heads = ["head", "head_dist"] if isinstance(model, VisionTransformerDistilled) else ["head"]
-    for head in heads:
-        quantize_input(getattr(model, head), make(join(name, head, "input")))
-        quantize_output(getattr(model, head), make(join(name, head, "out")))
-    ref = RefVisionTransformerDistilled if isinstance(model, VisionTransformerDistilled) else RefVisionTransformer
-    swap_class(model, ref, embed_quant=make(join(name, "embed")), pos_quant=make(join(name, "pos_embed")),
-               sum_quant=make(join(name, "pos_sum")))
-
-
-# ---- timm Swin -----------------------------------------------------------------------------
-class RefSwinBlock(SwinTransformerBlock):
-    """timm ``SwinTransformerBlock`` with both residual sums quantized."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        x = self.res1(x + self.drop_path1(self._attn(self.norm1(x))))
-        x = x.reshape(B, -1, C)
-        x = self.res2(x + self.drop_path2(self.mlp(self.norm2(x))))
-        return x.reshape(B, H, W, C)
-
-
-@register_block_sites(SwinTransformerBlock)
-def _swin_block(block: SwinTransformerBlock, name: str, make: MakeQuantizer) -> None:
-    _block_sites(block, name, make, RefSwinBlock)
-
-
-@register_block_sites(PatchMerging)
-def _swin_merging(merging: PatchMerging, name: str, make: MakeQuantizer) -> None:
-    patch_merging_sites(merging, name, make)
-
-
-@register_model_sites(SwinTransformer)
-def _swin(model: SwinTransformer, name: str, make: MakeQuantizer) -> None:
-    if getattr(model, "absolute_pos_embed", None) is not None:
-        raise ValueError("the reference layout has no site for Swin's absolute position embedding: "
-                         "use layout=inputs for this model")
-    patch_embed_sites(model.patch_embed, join(name, "patch_embed"), make)
-    quantize_output(model.norm, make(join(name, "norm.out")))
-    quantize_input(model.head.fc, make(join(name, "head.fc.input")))  # the pooled features
-    quantize_output(model.head.fc, make(join(name, "head.fc.out")))

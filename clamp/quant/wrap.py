@@ -12,6 +12,7 @@ from torch import nn
 
 from clamp.quant.attention import ADAPTERS as ATTENTION_ADAPTERS
 from clamp.quant.attention import QuantAttentionBase
+from clamp.quant.families import load_families
 from clamp.quant.modules import QuantConv2d, QuantLinear, QuantMatMul
 from clamp.quant.observers import OBSERVERS
 from clamp.quant.plan import BitPlan
@@ -28,8 +29,8 @@ class QuantConfig:
 
     ``layout`` says where the quantizers sit (section 4 of the design): ``reference``, the
     layout of the published tables (layer outputs, symmetric full-range weights, see
-    clamp/quant/reference.py), or ``inputs`` (the inputs of every Linear/Conv2d and both operands
-    of the attention matmuls; ``symmetric`` and ``softmax_quant`` apply to it only).
+    clamp/quant/reference.py and each family's module), or ``inputs`` (the inputs of every
+    Linear/Conv2d and both operands of the attention matmuls; ``symmetric`` and ``softmax_quant`` apply to it only).
     """
 
     plan: BitPlan = field(default_factory=BitPlan)
@@ -77,6 +78,7 @@ def quantize_model(model: nn.Module, config: QuantConfig) -> nn.Module:
     attention module an adapter exposing its two matmuls; activation quantizers then follow
     ``config.layout``. Quantizers are named after the FP module they belong to.
     """
+    load_families()
     qmodel = copy.deepcopy(model)
     plan, reference = config.plan, config.layout == "reference"
 
@@ -134,8 +136,8 @@ def _place_reference_sites(qmodel: nn.Module, exclude: tuple[str, ...], act) -> 
                     quantize_output(layer, make(f"{name}.out"))
             continue
         if family is None:
-            raise ValueError(f"the reference layout has no adapter for {type(part).__name__}: register its sites "
-                             "in clamp/quant/reference.py, or run it with --quant-option layout=inputs")
+            raise ValueError(f"the reference layout has no adapter for {type(part).__name__}: register its family "
+                             "(README: adding a model family), or run it with --quant-option layout=inputs")
         for name, mod in list(part.named_modules(prefix=prefix)):
             sites = BLOCK_SITES.get(type(mod))
             if sites is not None and not _excluded(name, exclude):
@@ -145,7 +147,7 @@ def _place_reference_sites(qmodel: nn.Module, exclude: tuple[str, ...], act) -> 
                    if isinstance(m, QuantAttentionBase) and not isinstance(m.matmul_qk.out_quant, Quantizer)]
         if missing:
             raise ValueError(f"the reference layout has no block adapter for the attention at {missing[0]}: "
-                             "register its block in clamp/quant/reference.py")
+                             "register its block in its family's module (tasks/families/)")
 
 
 def _has_blocks(module: nn.Module) -> bool:

