@@ -38,11 +38,6 @@ from tasks.weights import offline
 def known_models(task: str) -> list[str]:
     """The micro, pretrained-tier and paper-scale models of ``task`` (any other timm tag or mm config
     works too)."""
-    if task == "classification":
-        from tasks.classification import PAPER_MODELS
-        from tasks.micro.models import MICRO_MODELS
-        from tasks.pretrained.models import PRETRAINED_MODELS
-        return [*MICRO_MODELS, *PRETRAINED_MODELS, *PAPER_MODELS]
     cls = task_class(task)
     return [*cls.micro_models, *cls.paper_models]
 

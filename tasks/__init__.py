@@ -1,24 +1,25 @@
-"""Task adapters: a model family, its data and its metric, behind one small interface."""
+"""Task adapters: a model family, its data and its metric, behind one small interface
+(clamp/task.py). Tasks are plugins like methods and model families: each is one module named in
+the entry point group ``clamp_vit_bench.tasks`` (pyproject.toml), imported when first used (the
+mm stacks are heavy)."""
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import entry_points
 from typing import Any
 
 from clamp.task import Task
 
-# task name -> (module, class); imported lazily: the mm stacks are heavy
-ADAPTERS = {"classification": ("tasks.classification", "ClassificationTask"),
-            "detection": ("tasks.detection", "DetectionTask"),
-            "segmentation": ("tasks.segmentation", "SegmentationTask")}
-TASKS = tuple(ADAPTERS)
+TASK_GROUP = "clamp_vit_bench.tasks"
+TASKS = tuple(sorted(ep.name for ep in entry_points(group=TASK_GROUP)))
 
 
 def task_class(name: str) -> type:
-    if name not in ADAPTERS:
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}")
-    module, cls = ADAPTERS[name]
+    found = [ep for ep in entry_points(group=TASK_GROUP) if ep.name == name]
+    if not found:
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)} or register one under the "
+                         f"entry point group {TASK_GROUP}")
     try:
-        return getattr(importlib.import_module(module), cls)
+        return found[0].load()
     except ImportError as err:
         raise RuntimeError(f"the {name} task needs {err.name}: run `python tools/install_mm.py` and "
                            "`pip install -e .[mm]`") from err

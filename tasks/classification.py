@@ -8,6 +8,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ import tasks.micro.models as zoo
 import tasks.pretrained.models as pretrained
 from clamp.io import file_sha256
 from clamp.task import RANDOM_WEIGHTS, InputSpec, fixed_init
+from tasks.fake_data import random_image
 from tasks.micro import fashion_mnist
 from tasks.weights import WeightFile, hub_file
 
@@ -45,6 +47,9 @@ class ClassificationTask:
     name = "classification"
     metric = "top1"
     quant_exclude: tuple[str, ...] = ()  # the classifier head is quantized like the backbone
+    micro_models = (*zoo.MICRO_MODELS, *pretrained.PRETRAINED_MODELS)  # their weights ship with the repo
+    paper_models = PAPER_MODELS
+    smoke_subset = ("deit_tiny_patch16_224.fb_in1k", ("real", "gaussian", "psaq-vit", "psaq-vit-v2", "clamp-vit"))
 
     def __init__(self, model_id: str, *, data_root: str | None = None, checkpoint: str | None = None,
                  device: str | torch.device = "cpu", n_eval: int | None = None, batch_size: int = 250,
@@ -129,6 +134,15 @@ class ClassificationTask:
             raise ValueError(f"{model_id} has no published weights on the Hugging Face hub in timm: use a tag "
                              f"such as {PAPER_MODELS[0]} or pass --checkpoint PATH")
         return hub_file(model_id, cfg.hf_hub_id)
+
+    @staticmethod
+    def fake_dataset(root: Path, rng: np.random.Generator, classes: int = 2, per_class: int = 2) -> Path:
+        """train/ and val/ with one folder per class (WordNet ids), 500x375 JPEGs as in ImageNet."""
+        for split in ("train", "val"):
+            for c in range(classes):
+                for i in range(per_class):
+                    random_image(root / split / f"n{c:08d}" / f"{split}_{c}_{i}.JPEG", (500, 375), rng)
+        return root
 
     @property
     def data_config(self) -> dict:

@@ -6,8 +6,11 @@ import json
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from clamp.io import atomic_write_text, cache_dir, config_key
 from tasks import swin_keys
+from tasks.fake_data import random_image
 from tasks.mm import MMTask
 
 COCO_ENV = "CLAMP_COCO"
@@ -28,11 +31,34 @@ class DetectionTask(MMTask):
                     "mask-rcnn_swin-s-p4-w7_fpn_amp-ms-crop-3x_coco",
                     "cascade-mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco",
                     "cascade-mask-rcnn_swin-s-p4-w7_fpn_ms-crop-3x_coco")
+    smoke_subset = ("mask-rcnn_swin-t-p4-w7_fpn_1x_coco", ("real", "gaussian"))
 
     @classmethod
     def _config_path(cls, model_id: str) -> Path:
         repo = REPO_CONFIGS / f"{model_id}.py"  # Cascade Mask R-CNN + Swin: mmdet ships no config
         return repo if repo.is_file() else super()._config_path(model_id)
+
+    @staticmethod
+    def fake_dataset(root: Path, rng: np.random.Generator, n: int = 2) -> Path:
+        """val2017/, train2017/ and annotations/instances_*2017.json: 640x480 images with one box and
+        polygon each, under COCO's 80 category names (mmdet's CocoDataset selects by name)."""
+        from mmdet.datasets import CocoDataset
+
+        categories = [{"id": i + 1, "name": name} for i, name in enumerate(CocoDataset.METAINFO["classes"])]
+        for split in ("val", "train"):
+            images, annotations = [], []
+            for i in range(n):
+                name = f"{i:012d}.jpg"
+                random_image(root / f"{split}2017" / name, (640, 480), rng)
+                images.append({"id": i + 1, "file_name": name, "width": 640, "height": 480})
+                x, y, w, h = 100 + 50 * i, 80, 200, 150
+                annotations.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 80, "bbox": [x, y, w, h],
+                                    "area": w * h, "iscrowd": 0,
+                                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            path = root / "annotations" / f"instances_{split}2017.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        return root
 
     def convert_checkpoint(self, state: dict) -> dict:
         """The published Cascade Mask R-CNN Swin weights have the Swin repository's (mmdet 2.x) keys."""

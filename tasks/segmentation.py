@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from torch import nn
 
+from tasks.fake_data import random_image
 from tasks.families.mmseg_vit import rewrite_attention
 from tasks.mm import MMTask
 
@@ -25,6 +28,20 @@ class SegmentationTask(MMTask):
     paper_models = ("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512",
                     "swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512",
                     "swin-small-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512")
+    smoke_subset = ("vit_deit-s16_upernet_8xb2-80k_ade20k-512x512", ("real", "gaussian"))
+
+    @staticmethod
+    def fake_dataset(root: Path, rng: np.random.Generator, n: int = 2) -> Path:
+        """ADEChallengeData2016/{images,annotations}/{training,validation}: 683x512 JPEGs and PNG label
+        maps with values 0..150 (0 is ignored, as reduce_zero_label makes it)."""
+        base = root / "ADEChallengeData2016"
+        for split in ("training", "validation"):
+            for i in range(n):
+                random_image(base / "images" / split / f"ADE_{split}_{i:08d}.jpg", (683, 512), rng)
+                label = base / "annotations" / split / f"ADE_{split}_{i:08d}.png"
+                label.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 151, (512, 683), dtype=np.uint8)).save(label)
+        return base
 
     def _data_root(self, data_root: str | None) -> Path:
         root = super()._data_root(data_root)
