@@ -7,34 +7,27 @@ import torch
 from torch import nn
 
 from clamp.quant import QuantConfig, calibrate, quantize_model
+from clamp.registry import Method
 from clamp.task import Task
 
 
-def ptq(task: Task, model: nn.Module, config: QuantConfig, images: torch.Tensor,
-        batch_size: int = 32) -> nn.Module:
-    """Quantize the task's network and calibrate it on ``images``; the model with it back in."""
-    if config.mixed:
-        raise ValueError("this method has no mixed-precision search: run it at fixed precision (W4A8, ...)")
-    qnet = quantize_model(task.backbone(model), config)
-    calibrate(qnet, images.split(batch_size))
-    return task.replace_backbone(model, qnet)
+def ptq(net: nn.Module, config: QuantConfig, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """``net`` quantized and calibrated on ``images``."""
+    return calibrate(quantize_model(net, config), images.split(batch_size))
 
 
 @dataclass
-class ImageCalibration:
+class ImageCalibration(Method):
     """Min-max calibration on ``n`` images from ``images()``."""
 
     n: int = 32
-    label_free = True
-    mixed_precision = False
 
     def images(self, task: Task, seed: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
+    def quantize_backbone(self, task: Task, net: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
         images = self.images(task, seed).to(task.device)  # fewer than n where the split holds fewer
-        return ptq(task, model, config, images), {"calibration": f"{self.name}:{len(images)}",
-                                                  "n_calib": len(images)}
+        return ptq(net, config, images), {"calibration": f"{self.name}:{len(images)}", "n_calib": len(images)}
 
 
 class RealData(ImageCalibration):

@@ -25,6 +25,7 @@ from clamp.generate.features import MHSACapture, is_windowed
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig
+from clamp.registry import Method
 from clamp.task import Task
 
 
@@ -57,7 +58,7 @@ class PSAQOptions:
 
 
 @dataclass
-class PSAQViT(PSAQOptions):
+class PSAQViT(PSAQOptions, Method):
     """PSAQ-ViT V1. Needs the classifier for its random-label prior, so it is not label-free."""
 
     steps: int = 500
@@ -66,11 +67,8 @@ class PSAQViT(PSAQOptions):
 
     name = "psaq-vit"
     label_free = False
-    mixed_precision = False
 
     def generate(self, task: Task, net: nn.Module, seed: int) -> torch.Tensor:
-        if not task.num_classes:
-            raise ValueError("psaq-vit needs a classifier for its label prior: use psaq-vit-v2 on label-free tasks")
         spec = task.input_spec
         gen = torch.Generator().manual_seed(seed)
         labels = torch.randint(task.num_classes, (self.n,), generator=gen).to(task.device)
@@ -83,11 +81,10 @@ class PSAQViT(PSAQOptions):
                 return self.prior_loss(x, capture, tv_goal) + self.ce_weight * F.cross_entropy(out, labels)
             return optimise_images(noise(spec, self.n, seed, task.device), loss_fn, spec, config, seed, self.name)
 
-    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
-        net = task.backbone(model)
+    def quantize_backbone(self, task: Task, net: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
         images, path = cached_images(self.cache_key(task, seed), lambda: self.generate(task, net, seed),
                                      task.input_spec)
         images = images.to(task.device)
-        return ptq(task, model, config, images), {
+        return ptq(net, config, images), {
             "calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(path),
             "image_stats": image_stats(images, task.input_spec)}

@@ -24,6 +24,7 @@ from clamp.generate.cache import cached_images
 from clamp.generate.features import MHSACapture
 from clamp.generate.loop import image_stats, noise, optimise_images
 from clamp.quant import QuantConfig, calibrate, quantize_model, quantizers
+from clamp.registry import Method
 from clamp.task import Task
 
 
@@ -53,7 +54,7 @@ def fit_scales(student: nn.Module, teacher: nn.Module, images: torch.Tensor, los
 
 
 @dataclass
-class PSAQViTV2(PSAQOptions):
+class PSAQViTV2(PSAQOptions, Method):
     steps: int = 500
     jitter: int = 30
     rounds: int = 4
@@ -63,8 +64,6 @@ class PSAQViTV2(PSAQOptions):
     student_lr: float = 0.01
 
     name = "psaq-vit-v2"
-    label_free = True
-    mixed_precision = False
 
     def warm_start(self, task: Task, net: nn.Module, seed: int) -> torch.Tensor:
         spec = task.input_spec
@@ -90,8 +89,7 @@ class PSAQViTV2(PSAQOptions):
             return optimise_images(images, loss_fn, spec, self.generation(net, ((self.image_steps, self.jitter),)),
                                    seed, "adapt")
 
-    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
-        net = task.backbone(model)
+    def quantize_backbone(self, task: Task, net: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
         key = self.cache_key(task, seed, stage="warm-start")
         images, path = cached_images(key, lambda: self.warm_start(task, net, seed), task.input_spec)
         images = images.to(task.device)
@@ -102,7 +100,7 @@ class PSAQViTV2(PSAQOptions):
             fit_loss += fit_scales(qnet, net, images, task.output_loss, self.student_steps, self.student_lr)
         _, final_path = cached_images({**key, "stage": "adapted", "quant": config.to_dict()},
                                       lambda: images, task.input_spec)
-        return task.replace_backbone(model, qnet), {
+        return qnet, {
             "calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(final_path),
             "warm_start_images": str(path), "image_stats": image_stats(images, task.input_spec),
             "student_loss": [round(fit_loss[0], 4), round(fit_loss[-1], 4)] if fit_loss else []}

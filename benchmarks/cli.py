@@ -30,7 +30,7 @@ from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_
 from benchmarks.scaleout import EXECUTORS, make_executor
 from benchmarks.store import REPO_RESULTS, ResultStore
 from clamp.io import cache_dir
-from clamp.registry import available_methods, get_method, make_method, supports_mixed
+from clamp.registry import available_methods, get_method, make_method, refusal
 from tasks import TASKS, make_task, task_class
 from tasks.weights import offline
 
@@ -95,20 +95,15 @@ def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> Non
         raise ValueError(f"--data-root {options.data_root} is not a folder: pass the dataset's root folder")
     for method, opts in {(c.method, json.dumps(c.method_options, sort_keys=True)) for c in cells}:
         make_method(method, **json.loads(opts))
-    for cell in cells:
-        if cell.mixed and not supports_mixed(cell.method):
-            raise ValueError(f"{cell.method} has no mixed-precision search: run it at fixed precision "
-                             f"(W{cell.w_bits}A{cell.a_bits}), or {cell.precision} with a method that has one")
     for cell in {(c.task, c.model, c.n_eval, json.dumps(c.task_options, sort_keys=True)): c for c in cells}.values():
         kwargs = {**options.task_kwargs(cell.model), "device": "cpu"}  # nothing is moved here
         task = make_task(cell.task, cell.model, n_eval=cell.n_eval, **kwargs, **cell.task_options)
         task.check_data()
         task.build_model()  # weights present and loadable
-        if task.num_classes is None:
-            for method in sorted({c.method for c in cells if c.task == cell.task}):
-                if not get_method(method).label_free:
-                    raise ValueError(f"{method} needs class labels, which the {cell.task} task has not: "
-                                     "use a label-free method (clamp-vit, psaq-vit-v2, gaussian, real)")
+        for c in (c for c in cells if c.task == cell.task):
+            why = refusal(get_method(c.method), c.task, bool(task.num_classes), c.mixed)
+            if why:
+                raise ValueError(why + (f" (W{c.w_bits}A{c.a_bits}, not {c.precision})" if c.mixed else ""))
 
 
 def _store(args: argparse.Namespace, personal: bool) -> ResultStore:

@@ -23,8 +23,8 @@ gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from clamp.generate.features import MHSACapture, patch_tokens, transformer_block
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
 from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, is_weight, quantize_model, quantizers
+from clamp.registry import Method, stage_options
 from clamp.search.alignment import HeldOut, rank_correlation
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from clamp.search.mixed import RULES, BitBudget
@@ -82,20 +83,25 @@ class BlockOutputs:
             h.remove()
 
 
+def _stage1(default: Any) -> Any:
+    """A stage-1 option: the cache of generated images is keyed on these (``stage_options``)."""
+    return field(default=default, metadata={"stage": 1})
+
+
 @dataclass
-class ClampViT:
-    n: int = 32
+class ClampViT(Method):
+    n: int = _stage1(32)
     # stage 1: generation
-    data: str = "contrastive"
-    rounds: tuple[tuple[int, int], ...] = ((500, 15), (500, 30))
-    lr: float = 0.2
-    tau: float = 0.1
-    top_k: int = 4
-    negatives: str = "neighbourhood"
-    ce_weight: float = 1.0
-    tv_weight: float = 0.05
-    tv_target: tuple[float, float] = (2500.0, 3000.0)
-    scale_to_input: bool = True
+    data: str = _stage1("contrastive")
+    rounds: tuple[tuple[int, int], ...] = _stage1(((500, 15), (500, 30)))
+    lr: float = _stage1(0.2)
+    tau: float = _stage1(0.1)
+    top_k: int = _stage1(4)
+    negatives: str = _stage1("neighbourhood")
+    ce_weight: float = _stage1(1.0)
+    tv_weight: float = _stage1(0.05)
+    tv_target: tuple[float, float] = _stage1((2500.0, 3000.0))
+    scale_to_input: bool = _stage1(True)
     # stage 2: search and cyclic adaptation
     search: bool = True
     passes: int = 10
@@ -118,7 +124,6 @@ class ClampViT:
     budget: str = "size+bops"  # the MP budget rule (clamp/search/mixed.py): or bops, matmuls counted
 
     name = "clamp-vit"
-    label_free = True
     mixed_precision = True
     # the harness sets it on the instance to score the search's children after the fact on real
     # training images (clamp/search/alignment.py); the search never reads it for a decision
@@ -201,12 +206,8 @@ class ClampViT:
             return optimise_images(images, adaptive, task.input_spec, config, seed, "adapt")
 
     # ---- stage 2 -------------------------------------------------------------------------
-    def quantize(self, task: Task, model: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
-        net = task.backbone(model)
-        gen_options = {k: v for k, v in asdict(self).items()
-                       if k in ("n", "data", "rounds", "lr", "tau", "top_k", "negatives", "ce_weight", "tv_weight",
-                                "tv_target", "scale_to_input")}
-        key = {"method": self.name, "stage": 1, "options": gen_options, "model": task.model_id,
+    def quantize_backbone(self, task: Task, net: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
+        key = {"method": self.name, "stage": 1, "options": stage_options(self, 1), "model": task.model_id,
                "weights": task.weights_id, "seed": seed}
         images, path = cached_images(key, lambda: self.generate(task, net, seed), task.input_spec)
         images = images.to(task.device)
@@ -219,7 +220,7 @@ class ClampViT:
         comp = compression_report(qnet)
         # plain means over layers, the way the paper writes W4.9/A6.2 (weighted means are in the row)
         report["bits"] = f"W{comp['mean_w_bits_plain']:.1f}/A{comp['mean_a_bits']:.1f}"
-        return task.replace_backbone(model, qnet), report
+        return qnet, report
 
 
 class Search:

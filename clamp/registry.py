@@ -7,7 +7,7 @@ import types
 import typing
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -18,19 +18,54 @@ ENTRY_POINT_GROUP = "clamp_vit_bench.methods"
 _METHODS: dict[str, type[Method]] = {}
 
 
-class Method(Protocol):
-    """Turns a FP model into a quantized one for a task. Capabilities: ``label_free`` methods work
-    on a bare backbone (detection, segmentation); ``mixed_precision`` methods search per-layer
-    bit-widths (``MP-`` cells). Options are constructor keyword arguments."""
+class Method:
+    """Base of every method: turns a FP model into a quantized one for a task.
 
-    name: str
-    label_free: bool
-    mixed_precision: bool
+    It owns the skeleton all methods share: refuse a cell it cannot run (one line, before any
+    work), take the task's backbone, let the method quantize and calibrate it
+    (``quantize_backbone``), put it back. Capabilities are class attributes: ``label_free``
+    methods need no class labels (detection, segmentation); ``mixed_precision`` methods search
+    per-layer bit-widths (``MP-`` cells); ``tasks`` names the tasks it runs on (None: all).
+    Options are constructor keyword arguments (a dataclass's fields)."""
+
+    name: ClassVar[str] = ""
+    label_free: ClassVar[bool] = True
+    mixed_precision: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...] | None] = None
 
     def quantize(self, task: Task, model: nn.Module, config: QuantConfig,
                  seed: int) -> tuple[nn.Module, dict[str, Any]]:
         """Return the quantized model and a report (at least ``calibration`` and ``n_calib``)."""
-        ...
+        why = refusal(type(self), task.name, bool(task.num_classes), config.mixed)
+        if why:
+            raise ValueError(why)
+        qnet, report = self.quantize_backbone(task, task.backbone(model), config, seed)
+        return task.replace_backbone(model, qnet), report
+
+    def quantize_backbone(self, task: Task, net: nn.Module, config: QuantConfig,
+                          seed: int) -> tuple[nn.Module, dict[str, Any]]:
+        """The quantized and calibrated ``net`` and the report."""
+        raise NotImplementedError
+
+
+def refusal(method: type, task: str, labelled: bool, mixed: bool) -> str | None:
+    """Why ``method`` (any method class: capabilities it does not declare are absent) cannot run a
+    cell of ``task`` (``labelled``: the task has classes), or None."""
+    name, tasks = getattr(method, "name", method.__name__), getattr(method, "tasks", None)
+    if tasks is not None and task not in tasks:
+        return f"{name} runs on {', '.join(tasks)} only, not {task}"
+    if mixed and not getattr(method, "mixed_precision", False):
+        return f"{name} has no mixed-precision search: run it at fixed precision"
+    if not labelled and not getattr(method, "label_free", False):
+        return (f"{name} needs class labels, which the {task} task has not: "
+                "use a label-free method (clamp-vit, psaq-vit-v2, gaussian, real)")
+    return None
+
+
+def stage_options(method: object, stage: int) -> dict[str, Any]:
+    """The options of a dataclass method that belong to ``stage`` (``field(metadata={"stage": 1})``):
+    what a cache of that stage's output is keyed on, derived from the fields, never listed by hand."""
+    return {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.metadata.get("stage") == stage}
 
 
 def register_method(name: str) -> Callable[[type], type]:
@@ -56,11 +91,6 @@ def get_method(name: str) -> type[Method]:
         cls.name = name
         _METHODS[name] = cls
     return _METHODS[name]
-
-
-def supports_mixed(name: str) -> bool:
-    """Whether method ``name`` can run an ``MP-`` cell (a class without the attribute cannot)."""
-    return bool(getattr(get_method(name), "mixed_precision", False))
 
 
 def make_method(name: str, **options: Any) -> Method:

@@ -94,7 +94,7 @@ def test_v2_runs_label_free_on_a_bare_backbone():
     x = torch.randn(2, 3, 32, 32)
     assert qmodel(x).shape == model(x).shape == (2, 48)
     assert len(report["student_loss"]) == 2
-    with pytest.raises(ValueError, match="needs a classifier"):
+    with pytest.raises(ValueError, match="psaq-vit needs class labels"):
         PSAQViT(n=4, **TINY).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed=0)
 
 
