@@ -64,20 +64,21 @@ class Cell:
         return precision_name(self.w_bits, self.a_bits, self.mixed)
 
     def config(self) -> dict[str, Any]:
-        """The configuration the key hashes. Fields added after cells were stored are left out at
-        the value those cells had, so their keys hold: empty task options, default weights, the
-        inputs layout."""
-        config = asdict(self)
+        """Every field, explicitly: what a record stores (schema version 2)."""
+        return asdict(self)
+
+    @property
+    def key(self) -> str:
+        """The hash of the configuration with the fields added after cells were first stored left
+        out at the value those cells had (empty task options, default weights, the inputs layout),
+        so that their keys hold."""
+        config = self.config()
         for name in ("task_options", "weights"):
             if not config[name]:
                 del config[name]
         if config["quant_options"]["layout"] == "inputs":
             del config["quant_options"]["layout"]
-        return config
-
-    @property
-    def key(self) -> str:
-        blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def quant_config(self, exclude: tuple[str, ...] = ()) -> QuantConfig:
@@ -87,6 +88,18 @@ class Cell:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Cell:
-        """The cell of a stored configuration (one without a layout predates it: ``inputs``)."""
-        config = {**config, "quant_options": {"layout": "inputs", **config.get("quant_options", {})}}
+        """The cell of a stored configuration (schema version 2: every field present)."""
         return cls(**config)
+
+
+SCHEMA_VERSION = 2  # 2: records store every cell field; 1 (no version): the key's form, without defaults
+
+
+def upgrade(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored record in the current schema. Version 1 stored the key's form of the
+    configuration, where an absent layout meant ``inputs`` (the only layout when it was written)."""
+    if record.get("schema_version", 1) == SCHEMA_VERSION:
+        return record
+    config = {"task_options": {}, "weights": None, **record["config"]}
+    config["quant_options"] = {"layout": "inputs", **config.get("quant_options", {})}
+    return {**record, "config": config, "schema_version": SCHEMA_VERSION}

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from benchmarks import deploy, dry_run, leaderboard, provenance, published, site, suites
-from benchmarks.cell import Cell, config_precision
+from benchmarks.cell import Cell, config_precision, precision_name
 from benchmarks.fingerprint import Fingerprints, backfill, path_name, path_of
 from benchmarks.provenance import is_dirty
 from benchmarks.runner import RunOptions, checkpoint_for, init_distributed, run_cells, with_weights
@@ -103,7 +103,8 @@ def _validate(cells: list[Cell], options: RunOptions, store: ResultStore) -> Non
         for c in (c for c in cells if c.task == cell.task):
             why = refusal(get_method(c.method), c.task, bool(task.num_classes), c.mixed)
             if why:
-                raise ValueError(why + (f" (W{c.w_bits}A{c.a_bits}, not {c.precision})" if c.mixed else ""))
+                raise ValueError(why + (f" ({precision_name(c.w_bits, c.a_bits, False)}, not {c.precision})"
+                                        if c.mixed else ""))
 
 
 def _store(args: argparse.Namespace, personal: bool) -> ResultStore:

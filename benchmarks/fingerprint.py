@@ -49,7 +49,7 @@ def path_of(config: dict) -> dict:
     only sizes the run (seed, bits, evaluation set, the method's budget options)."""
     budget = canary.budget(config["method"], _method_class(config["method"]))
     return {"task": config["task"], "model": config["model"], "method": config["method"],
-            "mixed": bool(config["mixed"]), "layout": config["quant_options"].get("layout", "inputs"),
+            "mixed": bool(config["mixed"]), "layout": config["quant_options"]["layout"],
             "method_options": {k: v for k, v in sorted(config["method_options"].items()) if k not in budget},
             "quant_options": {k: v for k, v in sorted(config["quant_options"].items()) if k != "layout"},
             "task_options": dict(sorted(config.get("task_options", {}).items()))}

@@ -57,7 +57,7 @@ def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour
 
     return {
         "task": cfg["task"], "model": cfg["model"], "method": cfg["method"], "precision": precision,
-        "layout": cfg["quant_options"].get("layout", "inputs"),
+        "layout": cfg["quant_options"]["layout"],
         "w_bits": cfg["w_bits"], "a_bits": cfg["a_bits"], "mean_w_bits": round(comp["mean_w_bits"], 3),
         "mean_a_bits": round(comp["mean_a_bits"], 3), "mean_w_bits_plain": optional("mean_w_bits_plain"),
         "mean_a_bits_weighted": optional("mean_a_bits_weighted"),

@@ -17,7 +17,7 @@ from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from benchmarks.cell import Cell
+from benchmarks.cell import SCHEMA_VERSION, Cell, upgrade
 from clamp.io import atomic_write, atomic_write_text
 
 log = logging.getLogger("clamp-bench")
@@ -77,7 +77,7 @@ class ResultStore:
     def save(self, cell: Cell, record: dict[str, Any]) -> Path:
         """A good record replaces the cell's file (and clears a failed attempt); a failed one
         is written beside it."""
-        record = {"key": cell.key, "config": cell.config(), **record}
+        record = {"key": cell.key, "schema_version": SCHEMA_VERSION, "config": cell.config(), **record}
         state = record.pop("quant_state", None)
         if state and record["status"] == "ok":  # bits, scales, zero points: <key>.quant.safetensors
             state_path = self.state_path(cell.task, cell.key)
@@ -119,6 +119,7 @@ class ResultStore:
         if not isinstance(record, dict) or record.get("key") != key or "status" not in record:
             raise ValueError("not a record of this key")
         try:
+            record = upgrade(record)
             if Cell.from_config(record["config"]).key != key:
                 raise ValueError("its config does not hash to its key")
         except (TypeError, KeyError) as err:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import fingerprint, leaderboard, provenance
-from benchmarks.cell import Cell
+from benchmarks.cell import Cell, upgrade
 from benchmarks.fingerprint import Fingerprints, path_name, path_of, same_behaviour
 from benchmarks.store import ResultStore
 
@@ -24,7 +24,7 @@ def test_a_path_keeps_what_selects_code_and_drops_what_sizes_the_run():
     assert path == _path("clamp-vit", negatives="image", data="psaq")
     assert path_name(path) == f"classification/{DEIT}/clamp-vit/reference/fixed data=psaq negatives=image"
     legacy = {**Cell("classification", DEIT, "real", 8, 8).config(), "quant_options": {}}
-    assert path_of(legacy)["layout"] == "inputs"  # stored before layouts existed: the inputs layout
+    assert path_of(upgrade({"config": legacy})["config"])["layout"] == "inputs"  # schema 1: absent is inputs
     mixed = Cell("classification", DEIT, "clamp-vit", 4, 8, mixed=True).config()
     assert path_of(mixed)["mixed"] and path_of(mixed) != _path("clamp-vit")
 

@@ -1,5 +1,6 @@
 """Suites, the resumable runner, the result store and the leaderboard."""
 import argparse
+import hashlib
 import json
 
 import pandas as pd
@@ -82,7 +83,8 @@ def test_every_suite_expands_to_its_cells():
                                         for c in ablations)
     inputs = expand(load_suite("micro-classification-inputs"))
     assert {c.quant_options["layout"] for c in inputs} == {"inputs"}
-    assert all("layout" not in c.config()["quant_options"] for c in inputs)  # the keys they were stored under
+    # the keys they were stored under before layouts existed (a committed record's key)
+    assert "262c35b7dc7f7dae" in {c.key for c in inputs}
     paper = expand(load_suite("paper-classification"))
     assert len(paper) == 7 * 5 * 4 + 7
     assert all(c.n_eval is None for c in paper)  # the whole ImageNet validation set
@@ -109,7 +111,10 @@ def test_key_changes_with_every_field_but_not_with_order():
                 Cell("classification", SWIN, "gaussian", 4, 4, n_eval=200), cell(mixed=True),
                 cell(task_options={"quant_neck": True})]
     assert len({base.key, *(v.key for v in variants)}) == 7
-    assert "task_options" not in base.config()  # keys of cells stored before the field existed hold
+    # keys of cells stored before task_options and weights existed hold: they hash without them
+    legacy = {k: v for k, v in base.config().items() if k not in ("task_options", "weights")}
+    blob = json.dumps(legacy, sort_keys=True, separators=(",", ":")).encode()
+    assert base.key == hashlib.sha256(blob).hexdigest()[:16]
 
 
 def test_rerun_skips_finished_cells_and_redoes_corrupt_ones(store, monkeypatch):
@@ -236,12 +241,29 @@ def test_records_are_world_readable_and_bad_ones_are_named(store):
     assert any(str(torn) in bad and "truncated" in bad for bad in store.bad)
 
 
+def test_records_name_their_schema_and_old_ones_read_as_they_were_written(store):
+    """A record stores every cell field (schema 2); a schema-1 record, which stored the key's form
+    (no layout: the inputs layout, the only one then), reads back with its layout explicit."""
+    old = Cell("classification", "micro_deit_patch4_32", "gaussian", 8, 8, n_eval=16,
+               quant_options={"layout": "inputs"})
+    run_cells([old], RunOptions(device="cpu"), store)
+    record = json.loads(store.path(old).read_text())
+    assert record["schema_version"] == 2 and record["config"]["quant_options"]["layout"] == "inputs"
+    v1 = {k: v for k, v in record.items() if k != "schema_version"}
+    v1["config"] = {k: v for k, v in record["config"].items() if k not in ("task_options", "weights")}
+    v1["config"]["quant_options"] = {}
+    store.path(old).write_text(json.dumps(v1))
+    [read] = list(store.records("classification"))
+    assert read["config"] == record["config"] and read["schema_version"] == 2
+    assert leaderboard.table(store, "classification")["layout"].tolist() == ["inputs"]
+
+
 def test_checkpoint_is_part_of_the_cell(tmp_path):
     from benchmarks.runner import with_weights
     weights = tmp_path / "other.safetensors"
     weights.write_bytes(b"other weights")
     [other] = with_weights([cell()], {"*": str(weights)})
-    assert other.weights and other.key != cell().key and "weights" not in cell().config()
+    assert other.weights and other.key != cell().key and cell().config()["weights"] is None
     [random] = with_weights([cell()], {"random": "x", cell().model: "random"})
     assert random.weights == "random" and random.key not in (cell().key, other.key)
 
