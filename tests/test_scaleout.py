@@ -94,6 +94,20 @@ def test_a_plugin_method_runs_in_compare(tmp_path):
     assert float(row[9]) == pytest.approx(float(row[5]) - float(row[7]), abs=0.011)
 
 
+def test_a_plugin_task_runs_end_to_end(tmp_path):
+    """README "Adding a task": one class and its entry point; the CLI lists it, runs a method on it
+    and stores its metric. The FP model agrees with itself on every image."""
+    out, err = cli(["list"], tmp_path).communicate(timeout=120)
+    assert "agreement" in out.split("tasks:")[1].splitlines()[0], err
+    out, err = cli(["run", "--task", "agreement", "--model", SWIN, "--method", "gaussian", "--w-bits", "8",
+                    "--a-bits", "8", "--n-eval", "200", "--device", "cpu"], tmp_path).communicate(timeout=600)
+    [path] = (tmp_path / "results" / "cells" / "agreement").glob("*[0-9a-f].json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok" and record["metric"] == "agreement", err
+    assert record["fp"]["agreement"] == 100.0 and 90 < record["quant"]["agreement"] <= 100
+    assert record["quant"]["n_eval"] == 200
+
+
 @pytest.mark.parametrize("task, model, n_eval", [
     ("classification", SWIN, 400),
     ("detection", "micro_mask-rcnn_swin_fmnist", 24),  # through mmengine's own launcher
