@@ -45,3 +45,27 @@ def test_the_rule_sees_a_forbidden_import(tmp_path, monkeypatch):
     (tmp_path / "clamp" / "x.py").write_text("from timm.layers import Mlp\nimport mmdet.models\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     assert [m for _, m in imports("clamp")] == ["timm.layers", "mmdet.models"]
+
+
+def _code(lines: list[str]) -> list[str]:
+    return [line.split("  #")[0].rstrip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _block(readme: str, heading: str, lang: str) -> list[str]:
+    section = readme.split(heading, 1)[1].split("\n### ", 1)[0]
+    return section.split(f"```{lang}\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+@pytest.mark.parametrize("heading", ["### Adding a method", "### Adding a task"])
+def test_the_guides_show_the_code_the_tests_run(heading):
+    """README's worked examples are the plugin example's code, line for line (comments aside), and
+    the family guide's entry point is the one pyproject.toml declares."""
+    readme = (ROOT / "README.md").read_text()
+    example = "\n".join(_code((ROOT / "tests" / "plugin_example" / "example_plugin.py").read_text().splitlines()))
+    assert "\n".join(_code(_block(readme, heading, "python"))) in example
+
+
+def test_the_family_guide_names_the_registered_entry_point():
+    readme = (ROOT / "README.md").read_text()
+    [line] = [x for x in _block(readme, "### Adding a model family", "toml") if "=" in x]
+    assert line in (ROOT / "pyproject.toml").read_text().splitlines()

@@ -13,10 +13,9 @@ from clamp.registry import Method
 from tasks.classification import ClassificationTask
 
 
+# min-max calibration on uniform noise over the valid pixel range
 @dataclass
 class UniformNoise(Method):
-    """Min-max calibration on uniform noise over the valid pixel range."""
-
     n: int = 32  # options are the constructor's fields: --option n=64
 
     def quantize_backbone(self, task, net, config, seed):
@@ -27,10 +26,9 @@ class UniformNoise(Method):
         return qnet, {"calibration": f"uniform:{self.n}", "n_calib": self.n}
 
 
+# classification scored without labels: the share of evaluation images on which the quantized
+# model predicts the class the FP model predicts (fidelity rather than accuracy)
 class Agreement(ClassificationTask):
-    """Classification scored without labels: the share of evaluation images on which the quantized
-    model predicts the class the FP model predicts (fidelity rather than accuracy)."""
-
     name = "agreement"
     metric = "agreement"
 
