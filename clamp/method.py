@@ -13,7 +13,10 @@ the generation schedule (``rounds``) and TV prior follow PSAQ-ViT (|TV(x) - v| w
 scaled to the input); the refinement runs ``refine_steps`` Adam steps at ``refine_lr``;
 quantizers outside the blocks (patch embedding, Swin patch merging, head) are searched with the
 next block (the last block for the head); ``act_genes`` adds the block's activation scales as
-multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last; ``mutation`` absolute
+multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last; ``groups`` modules or forward (which block
+the quantizers outside the blocks join); ``global_loss`` the fitness's output term, the task's
+(KL of the logits; L_O on dense tasks) or Evol-Q's InfoNCE across images (``global_tau``; the
+refinement keeps the task's); ``mutation`` absolute
 (Evol-Q's radii) or relative (to each channel's scale). Mixed precision: ``bit_move`` (a bit gene
 redrawn from ``bit_choices``, or one bit up or down), ``mp_genes`` (every quantizer, or only the
 sites the budget counts) and ``budget`` (size and layer BOPS of uniform Wx/Ay, or BOPS alone with
@@ -31,11 +34,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from clamp.generate.cache import cached_images
-from clamp.generate.contrastive import NEGATIVES, feature_lo_maps, local_contrastive_loss, patch_contrastive_loss
+from clamp.generate.contrastive import (
+    NEGATIVES,
+    feature_lo_maps,
+    image_contrastive_loss,
+    local_contrastive_loss,
+    patch_contrastive_loss,
+)
 from clamp.generate.features import MHSACapture, patch_tokens, transformer_blocks
 from clamp.generate.loop import GenerationConfig, image_stats, noise, optimise_images
 from clamp.generate.priors import TVPrior, patch_similarity_entropy
-from clamp.quant import QuantConfig, Quantizer, calibrate, compression_report, is_weight, quantize_model, quantizers
+from clamp.quant import (
+    QuantConfig,
+    Quantizer,
+    calibrate,
+    compression_report,
+    is_weight,
+    quant_layers,
+    quantize_model,
+    quantizers,
+)
 from clamp.registry import Method, stage_options
 from clamp.search.alignment import HeldOut, rank_correlation
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
@@ -45,17 +63,40 @@ from clamp.task import Task
 DATA_SOURCES = ("contrastive", "psaq", "gaussian")
 MP_GENES = ("all", "cost")
 BLOCK_ORDERS = ("last_first", "first_last")
+GROUPS = ("modules", "forward")
+GLOBAL_LOSSES = ("task", "infonce")
 
 
-def block_groups(net: nn.Module) -> list[tuple[nn.Module, list[Quantizer]]]:
+@torch.no_grad()
+def forward_order(net: nn.Module, x: torch.Tensor) -> list[Quantizer]:
+    """``net``'s quantizers in the order a forward of ``x[:1]`` first uses them (a weight
+    quantizer when its layer runs); any it never uses follow in module order."""
+    seen: dict[int, Quantizer] = {}
+
+    def note(q: Quantizer) -> None:  # a pre-hook that returned a value would replace the input
+        seen.setdefault(id(q), q)
+
+    handles = [q.register_forward_pre_hook(lambda q, _a: note(q)) for q in quantizers(net) if not is_weight(q)]
+    handles += [layer.register_forward_pre_hook(lambda layer, _a: note(layer.w_quant)) for layer in quant_layers(net)]
+    try:
+        net(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return [*seen.values(), *(q for q in quantizers(net) if id(q) not in seen)]
+
+
+def block_groups(net: nn.Module, order: list[Quantizer] | None = None) -> list[tuple[nn.Module, list[Quantizer]]]:
     """Each transformer block with the quantizers searched together with it: its own, plus any
     quantizer between the previous block and it (patch embedding, patch merging); quantizers
-    after the last block (final norm, head) join the last block."""
+    after the last block (final norm, head) join the last block. "Between" follows ``order``
+    (default: module order, where the embedding sums a reference-layout ViT adds to its root come
+    after the head; ``forward_order`` puts them before block 0)."""
     blocks = transformer_blocks(net)
     groups: list[tuple[nn.Module, list[Quantizer]]] = [(block, []) for _, block in blocks]
     pending: list[Quantizer] = []
     index = {id(q): i for i, (_, block) in enumerate(blocks) for q in quantizers(block)}
-    for q in quantizers(net):
+    for q in order or quantizers(net):
         if id(q) in index:
             groups[index[id(q)]][1].extend([*pending, q])
             pending = []
@@ -116,6 +157,9 @@ class ClampViT(Method):
     adv_weight: float = 1.0
     act_genes: bool = False
     block_order: str = "last_first"
+    groups: str = "modules"  # quantizers outside the blocks join a block in module or forward order
+    global_loss: str = "task"  # the fitness's output term: the task's (KL of logits, L_O) or Evol-Q's InfoNCE
+    global_tau: float = 3.0  # InfoNCE's temperature (Evol-Q's T)
     mutation: str = "absolute"  # Evol-Q's radii, or relative to each channel's scale
     # mixed precision
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
@@ -140,6 +184,10 @@ class ClampViT(Method):
             raise ValueError(f"unknown block_order {self.block_order!r}: use {' or '.join(BLOCK_ORDERS)}")
         if self.mp_genes not in MP_GENES:
             raise ValueError(f"unknown mp_genes {self.mp_genes!r}: use {' or '.join(MP_GENES)}")
+        if self.groups not in GROUPS:
+            raise ValueError(f"unknown groups {self.groups!r}: use {' or '.join(GROUPS)}")
+        if self.global_loss not in GLOBAL_LOSSES:
+            raise ValueError(f"unknown global_loss {self.global_loss!r}: use {' or '.join(GLOBAL_LOSSES)}")
         if self.budget not in RULES:
             raise ValueError(f"unknown budget {self.budget!r}: use {' or '.join(RULES)}")
         self.evolution_config()  # bit_move and mutation are checked there
@@ -233,7 +281,7 @@ class Search:
         self.held_out = held_out
         self.children: list[tuple[int, float, float]] = []  # (block, fitness change, held-out change)
         self.prior = method._prior_inputs(task, seed)  # stage 1's labels and TV target, reused by refine
-        self.groups = block_groups(qnet)
+        self.groups = block_groups(qnet, forward_order(qnet, images) if method.groups == "forward" else None)
         self.fp_blocks = [block for _, block in transformer_blocks(net)]
         self.q_blocks = [block for block, _ in self.groups]
         self.budget = BitBudget(qnet, method.budget) if mixed else None
@@ -284,10 +332,18 @@ class Search:
         if self.m.local_loss:
             f += local_contrastive_loss(rec.outputs[0], self.fp_block_out[i], self.m.tau).item()
         if self.m.output_loss:
-            f += self.task.output_loss(self.fp_out, q_out).item()
+            f += self.global_term(q_out)
         if self.held_out is not None and cand.held is None:  # the diagnostic: never read by the search
             cand.held = self.held_out(self.qnet)
         return f
+
+    def global_term(self, q_out: object) -> float:
+        if self.m.global_loss == "task":
+            return self.task.output_loss(self.fp_out, q_out).item()
+        if not isinstance(q_out, torch.Tensor) or q_out.dim() != 2:
+            raise ValueError("global_loss=infonce compares per-image outputs (B, D) such as logits: use "
+                             "global_loss=task on dense tasks")
+        return image_contrastive_loss(q_out, self.fp_out, self.m.global_tau).item()
 
     def record_child(self, i: int, child: Candidate) -> None:
         """The child's fitness and held-out changes against its parent's (both on the same data)."""

@@ -10,12 +10,13 @@ from clamp.generate import contrastive
 from clamp.generate.contrastive import (
     feature_contrastive_loss,
     feature_lo_maps,
+    image_contrastive_loss,
     local_contrastive_loss,
     neighbours,
     patch_contrastive_loss,
     select_positives,
 )
-from clamp.method import ClampViT, block_groups
+from clamp.method import ClampViT, block_groups, forward_order
 from clamp.quant import BitPlan, QuantConfig, calibrate, compression_report, quantize_model, quantizers
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from tasks.classification import ClassificationTask
@@ -196,6 +197,40 @@ def test_block_groups_cover_every_quantizer_once(task):
     assert "patch_embed.proj.weight" in {q.name for q in groups[0][1]}
     assert "head.fc.weight" in {q.name for q in groups[-1][1]}
     assert "layers.1.downsample.reduction.weight" in {q.name for q in groups[2][1]}
+
+
+def test_forward_order_puts_the_embedding_sums_with_block_0():
+    """In a reference-layout ViT the embedding quantizers are children of the root, registered after
+    the head: in module order they join the last block; in forward order, block 0 (the issue's
+    lead: the embeddings were searched with block 11)."""
+    deit = ClassificationTask(DEIT, n_eval=8)
+    qnet = calibrate(quantize_model(deit.build_model(), QuantConfig()), [deit.real_images(2, 0)])
+    embed = {"embed", "pos_embed", "pos_sum"}
+    by_modules, by_forward = block_groups(qnet), block_groups(qnet, forward_order(qnet, deit.real_images(1, 0)))
+    assert embed <= {q.name for q in by_modules[-1][1]} and not embed & {q.name for q in by_modules[0][1]}
+    assert embed <= {q.name for q in by_forward[0][1]}
+    assert sorted(q.name for _, g in by_forward for q in g) == sorted(q.name for q in quantizers(qnet))
+    assert "head.out" in {q.name for q in by_forward[-1][1]}  # after the last block either way
+
+
+def test_infonce_global_term_by_hand():
+    """Two images, outputs already unit-norm: logits = cos / T; CE with the own image as positive, x 2T."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    fp = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    t = 3.0
+    cos = torch.tensor([[1.0, 0.6], [0.0, 0.8]])
+    rows = [-(cos[i, i] / t) + torch.logsumexp(cos[i] / t, 0) for i in range(2)]
+    assert image_contrastive_loss(q, fp, t).item() == pytest.approx(float(sum(rows) / 2 * 2 * t), rel=1e-6)
+    assert image_contrastive_loss(fp.flip(0), fp, t) > image_contrastive_loss(fp, fp, t)  # swapped images: worse
+
+
+def test_infonce_and_forward_groups_run(task):
+    model = task.build_model()
+    _, report = ClampViT(**TINY, global_loss="infonce", groups="forward").quantize(
+        task, model, QuantConfig(BitPlan(4, 8)), 0)
+    assert len(report["fitness_end"]) == 4 and all(math.isfinite(f) for f in report["fitness_end"])
+    with pytest.raises(ValueError, match="unknown global_loss"):
+        ClampViT(global_loss="mse")
 
 
 def test_clamp_is_deterministic_under_a_seed(task):

@@ -104,6 +104,15 @@ def local_contrastive_loss(q_grid: torch.Tensor, fp_grid: torch.Tensor, tau: flo
     return total / (b * q.shape[1])
 
 
+def image_contrastive_loss(q_out: torch.Tensor, fp_out: torch.Tensor, tau: float = 3.0) -> torch.Tensor:
+    """Evol-Q's global term (enyac-group/evol-q ``utils.py::contrastive_loss``, run with T = 3 in its
+    ``scripts/run.sh``): InfoNCE ACROSS IMAGES on the outputs (B, D): each quantized output's
+    positive is its own image's FP output, the other images' FP outputs are its negatives, on
+    cosine similarities over ``tau``; scaled by 2 tau as there."""
+    logits = F.normalize(q_out, dim=1) @ F.normalize(fp_out, dim=1).T / tau
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device)) * (2 * tau)
+
+
 LO_MAX_SIDE = 32  # L_O's largest map side: bigger dense maps are average-pooled to it (ours, not the paper's)
 
 

@@ -2,7 +2,7 @@
 from clamp.quant.compression import compression_report, quant_state
 from clamp.quant.plan import BitPlan
 from clamp.quant.quantizer import FP_BITS, Log2Quantizer, Quantizer, check_bits, fake_quant
-from clamp.quant.wrap import QuantConfig, calibrate, is_weight, quantize_model, quantizers
+from clamp.quant.wrap import QuantConfig, calibrate, is_weight, quant_layers, quantize_model, quantizers
 
 __all__ = [
            "FP_BITS",
@@ -15,6 +15,7 @@ __all__ = [
            "compression_report",
            "fake_quant",
            "is_weight",
+           "quant_layers",
            "quant_state",
            "quantize_model",
            "quantizers",
