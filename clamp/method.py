@@ -16,7 +16,8 @@ next block (the last block for the head); ``act_genes`` adds the block's activat
 multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last; ``groups`` modules or forward (which block
 the quantizers outside the blocks join); ``global_loss`` the fitness's output term, the task's
 (KL of the logits; L_O on dense tasks) or Evol-Q's InfoNCE across images (``global_tau``; the
-refinement keeps the task's); ``mutation`` absolute
+refinement keeps the task's); ``recalibrate`` re-observes the activation ranges on the refined
+images after each refinement (weight scales, bits and multipliers kept); ``mutation`` absolute
 (Evol-Q's radii) or relative (to each channel's scale). Mixed precision: ``bit_move`` (a bit gene
 redrawn from ``bit_choices``, or one bit up or down), ``mp_genes`` (every quantizer, or only the
 sites the budget counts) and ``budget`` (size and layer BOPS of uniform Wx/Ay, or BOPS alone with
@@ -53,6 +54,7 @@ from clamp.quant import (
     quant_layers,
     quantize_model,
     quantizers,
+    recalibrate_activations,
 )
 from clamp.registry import Method, stage_options
 from clamp.search.alignment import HeldOut, rank_correlation
@@ -160,6 +162,7 @@ class ClampViT(Method):
     groups: str = "modules"  # quantizers outside the blocks join a block in module or forward order
     global_loss: str = "task"  # the fitness's output term: the task's (KL of logits, L_O) or Evol-Q's InfoNCE
     global_tau: float = 3.0  # InfoNCE's temperature (Evol-Q's T)
+    recalibrate: bool = False  # re-observe the activation ranges on the refined images
     mutation: str = "absolute"  # Evol-Q's radii, or relative to each channel's scale
     # mixed precision
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
@@ -381,6 +384,8 @@ class Search:
                         self.images = m.refine(self.task, self.net, self.qnet, self.images, self.prior,
                                                self.seed + 7919 * (p * len(self.groups) + i + 1))
                         self.refine_steps += m.refine_steps
+                        if m.recalibrate:
+                            recalibrate_activations(self.qnet, self.images.split(32))
                         self.refresh_references()
                         self.rescore(i, population)
                 winner = best(population)

@@ -17,7 +17,16 @@ from clamp.generate.contrastive import (
     select_positives,
 )
 from clamp.method import ClampViT, block_groups, forward_order
-from clamp.quant import BitPlan, QuantConfig, calibrate, compression_report, quantize_model, quantizers
+from clamp.quant import (
+    BitPlan,
+    QuantConfig,
+    calibrate,
+    compression_report,
+    is_weight,
+    quantize_model,
+    quantizers,
+    recalibrate_activations,
+)
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
 from tasks.classification import ClassificationTask
 
@@ -211,6 +220,26 @@ def test_forward_order_puts_the_embedding_sums_with_block_0():
     assert embed <= {q.name for q in by_forward[0][1]}
     assert sorted(q.name for _, g in by_forward for q in g) == sorted(q.name for q in quantizers(qnet))
     assert "head.out" in {q.name for q in by_forward[-1][1]}  # after the last block either way
+
+
+def test_recalibration_reobserves_activations_and_keeps_what_the_search_set():
+    deit = ClassificationTask(DEIT, n_eval=8)
+    model = deit.build_model()
+    x1, x2 = deit.real_images(4, 0), deit.real_images(4, 1)
+    qnet = calibrate(quantize_model(model, QuantConfig(BitPlan(4, 8))), [x1])
+    weight = next(q for q in quantizers(qnet) if is_weight(q))
+    act = next(q for q in quantizers(qnet) if not is_weight(q) and q.bits == 8)
+    weight.set_scale(weight.scale * 1.1)
+    searched = weight.scale.clone()
+    act.set_mult(0.9)
+    recalibrate_activations(qnet, [x2])
+    fresh = {q.name: q for q in quantizers(calibrate(quantize_model(model, QuantConfig(BitPlan(4, 8))), [x2]))}
+    for q in quantizers(qnet):
+        if not is_weight(q) and q.active:
+            assert torch.equal(q.scale, fresh[q.name].scale) and torch.equal(q.zero_point, fresh[q.name].zero_point)
+    assert torch.equal(weight.scale, searched) and act.mult == 0.9 and act.active and weight.active
+    _, report = ClampViT(**TINY, recalibrate=True).quantize(deit, model, QuantConfig(BitPlan(4, 8)), 0)
+    assert report["refine_steps"] > 0
 
 
 def test_infonce_global_term_by_hand():

@@ -50,6 +50,8 @@ def test_what_has_no_integer_form_is_refused_in_one_line(tiny_vit):
         qnet = calibrate(quantize_model(tiny_vit, config), [x])
         with pytest.raises(ValueError, match=match):
             check_exportable(qnet)
+    with pytest.raises(ValueError, match="is not frozen: calibrate"):
+        check_exportable(quantize_model(tiny_vit, QuantConfig(BitPlan(8, 8))))
     assert "W8A8 or W4A8" in deploy.refusal(Cell("classification", DEIT, "real", 4, 4))
     assert "classification" in deploy.refusal(Cell("detection", "micro_mask-rcnn_swin_fmnist", "real", 8, 8))
     assert deploy.refusal(Cell("classification", DEIT, "real", 4, 8)) is None

@@ -2,7 +2,15 @@
 from clamp.quant.compression import compression_report, quant_state
 from clamp.quant.plan import BitPlan
 from clamp.quant.quantizer import FP_BITS, Log2Quantizer, Quantizer, check_bits, fake_quant
-from clamp.quant.wrap import QuantConfig, calibrate, is_weight, quant_layers, quantize_model, quantizers
+from clamp.quant.wrap import (
+    QuantConfig,
+    calibrate,
+    is_weight,
+    quant_layers,
+    quantize_model,
+    quantizers,
+    recalibrate_activations,
+)
 
 __all__ = [
            "FP_BITS",
@@ -19,4 +27,5 @@ __all__ = [
            "quant_state",
            "quantize_model",
            "quantizers",
+           "recalibrate_activations",
 ]

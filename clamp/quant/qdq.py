@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clamp.quant.modules import QuantConv2d, QuantLinear
-from clamp.quant.quantizer import Log2Quantizer, Quantizer, qrange
+from clamp.quant.quantizer import FP_BITS, Log2Quantizer, Quantizer, qrange
 from clamp.quant.wrap import is_weight, quantizers
 
 OPSET = 21  # QuantizeLinear/DequantizeLinear with per-axis scales and zero points
@@ -37,7 +37,7 @@ ACT_BITS = 8  # the activation width of ONNX Runtime's integer kernels
 def check_exportable(model: nn.Module) -> None:
     """One line naming the first quantizer that has no integer form in ONNX; nothing if all do."""
     for q in quantizers(model):
-        if not q.active:
+        if q.bits == FP_BITS:  # left in FP: exported as float
             continue
         if q.state != "quant":
             raise ValueError(f"quantizer {q.name} is not frozen: calibrate the model before exporting it")

@@ -235,3 +235,28 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     for q in quantizers(model):
         q.freeze()
     return model
+
+
+@torch.no_grad()
+def recalibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Observe the activation quantizers again on ``batches``, as ``calibrate`` does (weights in FP
+    while observing), and keep everything a search set: weight scales, bits, scale multipliers."""
+    acts = [q for q in quantizers(model) if not is_weight(q)]
+    weights = [q for q in quantizers(model) if is_weight(q)]
+    mults = [q.mult for q in acts]
+    was_training = model.training
+    model.eval()
+    for q in acts:
+        q.observer, q.state = q._make_observer(), "calibrate"
+    for q in weights:
+        q.state = "fp"
+    for x in batches:
+        model(x)
+    for q in weights:
+        q.state = "quant"
+        q.version += 1
+    for q, mult in zip(acts, mults, strict=True):
+        q.freeze()
+        q.set_mult(mult)
+    model.train(was_training)
+    return model
