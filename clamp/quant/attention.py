@@ -64,6 +64,12 @@ def square_side(n: int) -> int:
     return side
 
 
+def grid_tokens(x: torch.Tensor, h: int, w: int) -> TokensGrid:
+    """The last h*w tokens of ``x`` (B, N, C), the prefix tokens dropped, and them on their (h, w) grid."""
+    tokens = x[:, x.shape[1] - h * w:]
+    return tokens, tokens.reshape(x.shape[0], h, w, x.shape[2])
+
+
 def relative_position_bias(table: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """(1, heads, n, n) bias of a window of ``n`` tokens from the (entries, heads) table."""
     return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)

@@ -9,7 +9,7 @@ import torch
 from timm.models.vision_transformer_relpos import RelPosAttention, RelPosBlock, VisionTransformerRelPos
 from torch import nn
 
-from clamp.quant.attention import QuantAttentionBase, TokensGrid, register_attention
+from clamp.quant.attention import QuantAttentionBase, TokensGrid, grid_tokens, register_attention
 from clamp.quant.reference import (
     MakeQuantizer,
     join,
@@ -40,9 +40,7 @@ class QuantRelPosAttention(QuantAttentionBase):
 
     @staticmethod
     def mhsa_grid(net: nn.Module, block: nn.Module, x: torch.Tensor, block_args: tuple) -> TokensGrid:
-        h, w = net.patch_embed.grid_size
-        tokens = x[:, x.shape[1] - h * w:]
-        return tokens, tokens.reshape(x.shape[0], h, w, x.shape[2])
+        return grid_tokens(x, *net.patch_embed.grid_size)
 
 
 class RefRelPosBlock(RelPosBlock):
