@@ -17,7 +17,10 @@ multiplicative genes; ``block_order`` last_first (Evol-Q) or first_last; ``group
 the quantizers outside the blocks join); ``global_loss`` the fitness's output term, the task's
 (KL of the logits; L_O on dense tasks) or Evol-Q's InfoNCE across images (``global_tau``; the
 refinement keeps the task's); ``recalibrate`` re-observes the activation ranges on the refined
-images after each refinement (weight scales, bits and multipliers kept); ``mutation`` absolute
+images after each refinement (weight scales, bits and multipliers kept); ``fitness_images``
+stage1 or unlabelled (the search and its refinement on a second batch generated without the
+random-label term, calibration on stage 1's: on CE-driven images the FP model is near certain and
+the KL mostly measures -log q(label)); ``mutation`` absolute
 (Evol-Q's radii) or relative (to each channel's scale). Mixed precision: ``bit_move`` (a bit gene
 redrawn from ``bit_choices``, or one bit up or down), ``mp_genes`` (every quantizer, or only the
 sites the budget counts) and ``budget`` (size and layer BOPS of uniform Wx/Ay, or BOPS alone with
@@ -67,6 +70,7 @@ MP_GENES = ("all", "cost")
 BLOCK_ORDERS = ("last_first", "first_last")
 GROUPS = ("modules", "forward")
 GLOBAL_LOSSES = ("task", "infonce")
+FITNESS_IMAGES = ("stage1", "unlabelled")
 
 
 @torch.no_grad()
@@ -163,6 +167,7 @@ class ClampViT(Method):
     global_loss: str = "task"  # the fitness's output term: the task's (KL of logits, L_O) or Evol-Q's InfoNCE
     global_tau: float = 3.0  # InfoNCE's temperature (Evol-Q's T)
     recalibrate: bool = False  # re-observe the activation ranges on the refined images
+    fitness_images: str = "stage1"  # the search's images: stage 1's, or a batch generated without the label term
     mutation: str = "absolute"  # Evol-Q's radii, or relative to each channel's scale
     # mixed precision
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
@@ -191,6 +196,8 @@ class ClampViT(Method):
             raise ValueError(f"unknown groups {self.groups!r}: use {' or '.join(GROUPS)}")
         if self.global_loss not in GLOBAL_LOSSES:
             raise ValueError(f"unknown global_loss {self.global_loss!r}: use {' or '.join(GLOBAL_LOSSES)}")
+        if self.fitness_images not in FITNESS_IMAGES:
+            raise ValueError(f"unknown fitness_images {self.fitness_images!r}: use {' or '.join(FITNESS_IMAGES)}")
         if self.budget not in RULES:
             raise ValueError(f"unknown budget {self.budget!r}: use {' or '.join(RULES)}")
         self.evolution_config()  # bit_move and mutation are checked there
@@ -219,21 +226,23 @@ class ClampViT(Method):
             return loss, out
         return loss_fn
 
-    def _prior_inputs(self, task: Task, seed: int) -> tuple[torch.Tensor | None, float]:
+    def _prior_inputs(self, task: Task, seed: int, labelled: bool = True) -> tuple[torch.Tensor | None, float]:
+        """Random labels (None for a label-free task, or ``labelled=False``) and the TV target; the
+        labels are drawn either way so that the TV target of a seed stays the same."""
         gen = torch.Generator().manual_seed(seed)
         labels = None
         if task.num_classes and self.data != "gaussian":
             labels = torch.randint(task.num_classes, (self.n,), generator=gen).to(task.device)
         tv_goal = TVPrior(self.tv_weight, tuple(self.tv_target), self.scale_to_input).goal(
             (self.n, *task.input_spec.shape), gen)
-        return labels, tv_goal
+        return (labels if labelled else None), tv_goal
 
-    def generate(self, task: Task, net: nn.Module, seed: int) -> torch.Tensor:
+    def generate(self, task: Task, net: nn.Module, seed: int, labelled: bool = True) -> torch.Tensor:
         spec = task.input_spec
         x = noise(spec, self.n, seed, task.device)
         if self.data == "gaussian":
             return x
-        labels, tv_goal = self._prior_inputs(task, seed)
+        labels, tv_goal = self._prior_inputs(task, seed, labelled)
         config = GenerationConfig(batch=self.n, rounds=tuple(map(tuple, self.rounds)), lr=self.lr,
                                   scale_jitter=self.scale_to_input)
         with MHSACapture(net) as capture:
@@ -265,6 +274,12 @@ class ClampViT(Method):
         qnet = calibrate(quantize_model(net, config), images.split(32))
         report = {"calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(path)}
         if self.search:
+            if self.fitness_images == "unlabelled":  # calibrated on stage 1's images, searched on these
+                def unlabelled() -> torch.Tensor:
+                    return self.generate(task, net, seed, labelled=False)
+                images, fit_path = cached_images({**key, "stage": "1-unlabelled"}, unlabelled, task.input_spec)
+                images = images.to(task.device)
+                report["fitness_images"] = str(fit_path)
             images, search_report = Search(self, task, net, qnet, images, config.mixed, seed, self.held_out).run()
             report.update(search_report)
         report["image_stats"] = image_stats(images, task.input_spec)
@@ -283,7 +298,8 @@ class Search:
         self.seed = seed
         self.held_out = held_out
         self.children: list[tuple[int, float, float]] = []  # (block, fitness change, held-out change)
-        self.prior = method._prior_inputs(task, seed)  # stage 1's labels and TV target, reused by refine
+        # stage 1's labels (none for unlabelled fitness images) and TV target, reused by refine
+        self.prior = method._prior_inputs(task, seed, labelled=method.fitness_images == "stage1")
         self.groups = block_groups(qnet, forward_order(qnet, images) if method.groups == "forward" else None)
         self.fp_blocks = [block for _, block in transformer_blocks(net)]
         self.q_blocks = [block for block, _ in self.groups]

@@ -242,6 +242,20 @@ def test_recalibration_reobserves_activations_and_keeps_what_the_search_set():
     assert report["refine_steps"] > 0
 
 
+def test_unlabelled_fitness_images_are_generated_without_the_label_term(task, monkeypatch):
+    """fitness_images=unlabelled: the search runs on a second batch generated with no labels (and
+    refines it with none), calibration stays on stage 1's; the TV target of the seed is the same."""
+    seen = []
+    generate = ClampViT.generate
+    monkeypatch.setattr(ClampViT, "generate", lambda self, t, net, seed, labelled=True: (
+        seen.append(labelled), generate(self, t, net, seed, labelled))[1])
+    method = ClampViT(**TINY, fitness_images="unlabelled")
+    _, report = method.quantize(task, task.build_model(), QuantConfig(BitPlan(4, 8)), 0)
+    assert seen == [True, False] and report["fitness_images"] != report["images"]
+    assert method._prior_inputs(task, 0, labelled=False)[0] is None
+    assert method._prior_inputs(task, 0, labelled=False)[1] == method._prior_inputs(task, 0)[1]
+
+
 def test_infonce_global_term_by_hand():
     """Two images, outputs already unit-norm: logits = cos / T; CE with the own image as positive, x 2T."""
     q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
