@@ -17,12 +17,16 @@ class Plan:
     stale: list[Cell] = field(default_factory=list)  # finished, but by other code than this checkout's
     to_run: list[Cell] = field(default_factory=list)
     seconds: dict[str, float | None] = field(default_factory=dict)  # estimate per cell key
+    rough: set[str] = field(default_factory=set)  # keys estimated from cells of other options or precision
 
     def estimate(self, cells: list[Cell]) -> str:
         known = [self.seconds[c.key] for c in cells if self.seconds[c.key] is not None]
         unknown = len(cells) - len(known)
+        rough = sum(c.key in self.rough for c in cells)
         text = f"about {sum(known) / 60:.0f} min" if known else "no estimate"
-        return text + (f" (+{unknown} cells never timed here)" if unknown and known else "")
+        notes = [f"+{unknown} cells never timed here"] if unknown and known else []
+        notes += [f"{rough} timed only at other options or bits: their budget may differ"] if rough else []
+        return text + (f" ({'; '.join(notes)})" if notes else "")
 
     def describe(self, stale: bool = False) -> str:
         """What the suite would do; ``stale``: what it would do with --stale (the stale cells run too)."""
@@ -34,7 +38,8 @@ class Plan:
                 est = self.seconds[c.key]
                 lines.append(f"  {label:5} {c.key} {c.model} {c.method} {c.precision} seed={c.seed} "
                              f"{c.method_options or ''} {c.quant_options['layout']} "
-                             + (f"~{est:.0f} s" if est is not None else "?"))
+                             + (f"~{est:.0f} s" if est is not None else "?")
+                             + (" (timed at other options)" if c.key in self.rough else ""))
         return "\n".join(lines)
 
     def all_finished(self, name: str, store: ResultStore) -> str:
@@ -61,15 +66,18 @@ def plan(cells: list[Cell], store: ResultStore) -> Plan:
                 out.stale.append(c)
         else:
             out.to_run.append(c)
-        out.seconds[c.key] = _estimate(c, timed)
+        out.seconds[c.key], exact = _estimate(c, timed)
+        if out.seconds[c.key] is not None and not exact:
+            out.rough.add(c.key)
     return out
 
 
-def _estimate(cell: Cell, timed: list[dict]) -> float | None:
+def _estimate(cell: Cell, timed: list[dict]) -> tuple[float | None, bool]:
+    """The median stored wall time of cells like ``cell`` and whether they share its options and bits."""
     def same(r: dict, *keys: str) -> bool:
         return all(r["config"][k] == getattr(cell, k) for k in keys)
     for keys in (("model", "method", "w_bits", "a_bits", "mixed", "method_options"), ("model", "method")):
         walls = [r["wall_s"] for r in timed if same(r, *keys)]
         if walls:
-            return statistics.median(walls)
-    return None
+            return statistics.median(walls), len(keys) > 2
+    return None, False

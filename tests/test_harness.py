@@ -452,6 +452,15 @@ def test_pickled_checkpoint_is_not_executed(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_an_estimate_from_cells_of_other_options_says_so():
+    """A cell at ten times the budget is estimated from the model's other cells, and marked."""
+    from benchmarks.dry_run import _estimate
+    timed = [{"config": cell(method_options={"n": 8}).config(), "wall_s": 60.0}]
+    assert _estimate(cell(method_options={"n": 8}), timed) == (60.0, True)
+    assert _estimate(cell(method_options={"n": 80}), timed) == (60.0, False)
+    assert _estimate(Cell("classification", "other", "gaussian", 4, 8), timed) == (None, False)
+
+
 def test_dry_run_lists_and_estimates_and_a_finished_suite_says_so(tmp_path, capsys):
     from benchmarks.cli import main
     suite = tmp_path / "four.toml"
