@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cell import Cell, parse_precision
-from clamp.registry import get_method
+from clamp.registry import get_method, searches_bits
 from clamp.task import RANDOM_WEIGHTS
 
 SUITES = Path(__file__).parent / "suites"
@@ -64,7 +64,7 @@ def expand(suite: dict[str, Any]) -> list[Cell]:
         for model, method, precision, seed in itertools.product(
                 g["models"], g["methods"], g["precisions"], g.get("seeds", [0])):
             w_bits, a_bits, mixed = parse_precision(precision)
-            if mixed and not getattr(get_method(method), "mixed_precision", False):  # a suite never expands it
+            if mixed and not searches_bits(get_method(method)):  # a suite never expands a cell it would refuse
                 continue
             cell = Cell(task=suite["task"], model=model, method=method, w_bits=w_bits, a_bits=a_bits, seed=seed,
                         mixed=mixed, n_eval=g.get("n_eval"),

@@ -186,20 +186,11 @@ class ClampViT(Method):
             raise ValueError(f"unknown data source {self.data!r}: choose one of {', '.join(DATA_SOURCES)}")
         if self.search and self.cycles < 2:
             raise ValueError("cycles must be at least 2 (adaptation runs every cycles/2)")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"unknown negatives {self.negatives!r}: use {' or '.join(NEGATIVES)}")
-        if self.block_order not in BLOCK_ORDERS:
-            raise ValueError(f"unknown block_order {self.block_order!r}: use {' or '.join(BLOCK_ORDERS)}")
-        if self.mp_genes not in MP_GENES:
-            raise ValueError(f"unknown mp_genes {self.mp_genes!r}: use {' or '.join(MP_GENES)}")
-        if self.groups not in GROUPS:
-            raise ValueError(f"unknown groups {self.groups!r}: use {' or '.join(GROUPS)}")
-        if self.global_loss not in GLOBAL_LOSSES:
-            raise ValueError(f"unknown global_loss {self.global_loss!r}: use {' or '.join(GLOBAL_LOSSES)}")
-        if self.fitness_images not in FITNESS_IMAGES:
-            raise ValueError(f"unknown fitness_images {self.fitness_images!r}: use {' or '.join(FITNESS_IMAGES)}")
-        if self.budget not in RULES:
-            raise ValueError(f"unknown budget {self.budget!r}: use {' or '.join(RULES)}")
+        for option, choices in (("negatives", NEGATIVES), ("block_order", BLOCK_ORDERS), ("mp_genes", MP_GENES),
+                                ("groups", GROUPS), ("global_loss", GLOBAL_LOSSES),
+                                ("fitness_images", FITNESS_IMAGES), ("budget", RULES)):
+            if getattr(self, option) not in choices:
+                raise ValueError(f"unknown {option} {getattr(self, option)!r}: use {' or '.join(choices)}")
         self.evolution_config()  # bit_move and mutation are checked there
 
     def evolution_config(self) -> EvolutionConfig:

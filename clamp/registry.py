@@ -54,12 +54,17 @@ def refusal(method: type, task: str, labelled: bool, mixed: bool) -> str | None:
     name, tasks = getattr(method, "name", method.__name__), getattr(method, "tasks", None)
     if tasks is not None and task not in tasks:
         return f"{name} runs on {', '.join(tasks)} only, not {task}"
-    if mixed and not getattr(method, "mixed_precision", False):
+    if mixed and not searches_bits(method):
         return f"{name} has no mixed-precision search: run it at fixed precision"
     if not labelled and not getattr(method, "label_free", False):
         return (f"{name} needs class labels, which the {task} task has not: "
                 "use a label-free method (clamp-vit, psaq-vit-v2, gaussian, real)")
     return None
+
+
+def searches_bits(method: type) -> bool:
+    """Whether a method class can run an ``MP-`` cell (one that does not declare it cannot)."""
+    return bool(getattr(method, "mixed_precision", False))
 
 
 def stage_options(method: object, stage: int) -> dict[str, Any]:

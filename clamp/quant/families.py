@@ -6,15 +6,21 @@ once its package is imported (no model of it can exist before), so a timm run ne
 from __future__ import annotations
 
 import sys
-from importlib.metadata import entry_points
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
 
 FAMILY_GROUP = "clamp_vit_bench.families"
 _loaded: set[str] = set()
 
 
+@cache
+def _registered() -> tuple[EntryPoint, ...]:
+    return tuple(entry_points(group=FAMILY_GROUP))  # read the installed metadata once per process
+
+
 def load_families() -> None:
     """Import every registered family whose package is imported, once."""
-    for ep in entry_points(group=FAMILY_GROUP):
+    for ep in _registered():
         if ep.name not in _loaded and ep.name.split(".")[0] in sys.modules:
             _loaded.add(ep.name)
             ep.load()

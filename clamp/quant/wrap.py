@@ -247,14 +247,14 @@ def recalibrate_activations(model: nn.Module, batches: Iterable[torch.Tensor]) -
     was_training = model.training
     model.eval()
     for q in acts:
-        q.observer, q.state = q._make_observer(), "calibrate"
+        q.reset()
+        q.state = "calibrate"
     for q in weights:
         q.state = "fp"
     for x in batches:
         model(x)
     for q in weights:
         q.state = "quant"
-        q.version += 1
     for q, mult in zip(acts, mults, strict=True):
         q.freeze()
         q.set_mult(mult)
