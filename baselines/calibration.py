@@ -27,7 +27,8 @@ class ImageCalibration(Method):
 
     def quantize_backbone(self, task: Task, net: nn.Module, config: QuantConfig, seed: int) -> tuple[nn.Module, dict]:
         images = self.images(task, seed).to(task.device)  # fewer than n where the split holds fewer
-        return ptq(net, config, images), {"calibration": f"{self.name}:{len(images)}", "n_calib": len(images)}
+        return ptq(net, config, images), {"calibration": f"{self.name}:{len(images)}", "n_calib": len(images),
+                                          "image_steps": 0}
 
 
 class RealData(ImageCalibration):

@@ -87,4 +87,4 @@ class PSAQViT(PSAQOptions, Method):
         images = images.to(task.device)
         return ptq(net, config, images), {
             "calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(path),
-            "image_stats": image_stats(images, task.input_spec)}
+            "image_steps": self.steps * len(self.jitter), "image_stats": image_stats(images, task.input_spec)}

@@ -102,5 +102,6 @@ class PSAQViTV2(PSAQOptions, Method):
                                       lambda: images, task.input_spec)
         return qnet, {
             "calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(final_path),
-            "warm_start_images": str(path), "image_stats": image_stats(images, task.input_spec),
+            "warm_start_images": str(path), "image_steps": self.steps + self.rounds * self.image_steps,
+            "image_stats": image_stats(images, task.input_spec),
             "student_loss": [round(fit_loss[0], 4), round(fit_loss[-1], 4)] if fit_loss else []}

@@ -22,7 +22,7 @@ from clamp.io import atomic_write, atomic_write_text
 COLUMNS = ["task", "model", "method", "precision", "layout", "w_bits", "a_bits", "mean_w_bits", "mean_a_bits",
            "mean_w_bits_plain", "mean_a_bits_weighted", "compression_ratio", "gbops", "size_mb", "n_params",
            "metric", "fp_value", "quant_value", "delta", "int_top1", "int_vs_fake", "int_speedup", "seed",
-           "calibration", "n_calib", "n_eval", "lo_maps", "alignment",
+           "calibration", "n_calib", "image_steps", "n_eval", "lo_maps", "alignment",
            "wall_s", "device", "weights_id", "stale", "behaviour", "gallery", "timestamp", "config_key", "config",
            "ablation"]
 NESTED = ("quant_metrics", "method_options", "quant_options", "task_options", "versions")
@@ -66,6 +66,7 @@ def row(record: dict, gallery: str | None = None, stale: bool = False, behaviour
         "fp_value": round(fp, 3), "quant_value": round(quant, 3), "delta": round(quant - fp, 3),
         **_deployed(deployed), "seed": cfg["seed"],
         "calibration": record["report"]["calibration"], "n_calib": record["report"]["n_calib"],
+        "image_steps": record["report"].get("image_steps"),
         "n_eval": record["quant"]["n_eval"], "lo_maps": record["report"].get("lo_maps"),
         "alignment": record["report"].get("alignment"),
         "wall_s": record["wall_s"], "device": record["device"], "weights_id": record.get("weights_id"),

@@ -22,7 +22,8 @@ stage1 or unlabelled (the search and its refinement on a second batch generated 
 random-label term, calibration on stage 1's: on CE-driven images the FP model is near certain and
 the KL mostly measures -log q(label)); ``mutation`` absolute
 (Evol-Q's radii) or relative (to each channel's scale). Mixed precision: ``bit_move`` (a bit gene
-redrawn from ``bit_choices``, or one bit up or down), ``mp_genes`` (every quantizer, or only the
+redrawn from ``bit_choices``, or one bit up or down), ``mp_children`` (bits and scales mutated in one
+child, or apart: a bit child moves one bit gene), ``mp_genes`` (every quantizer, or only the
 sites the budget counts) and ``budget`` (size and layer BOPS of uniform Wx/Ay, or BOPS alone with
 the attention matmuls: clamp/search/mixed.py). Ablations: ``data`` (contrastive / psaq /
 gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``.
@@ -172,6 +173,7 @@ class ClampViT(Method):
     # mixed precision
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     bit_move: str = "redraw"  # a mutated bit gene: redrawn from bit_choices, or one bit up or down (step)
+    mp_children: str = "joint"  # bits and scales mutate in one child (joint), or in children of their own (apart)
     mp_genes: str = "all"  # every quantizer's bits are genes, or only those the budget counts (cost)
     budget: str = "size+bops"  # the MP budget rule (clamp/search/mixed.py): or bops, matmuls counted
 
@@ -191,11 +193,11 @@ class ClampViT(Method):
                                 ("fitness_images", FITNESS_IMAGES), ("budget", RULES)):
             if getattr(self, option) not in choices:
                 raise ValueError(f"unknown {option} {getattr(self, option)!r}: use {' or '.join(choices)}")
-        self.evolution_config()  # bit_move and mutation are checked there
+        self.evolution_config()  # bit_move, mutation and mp_children are checked there
 
     def evolution_config(self) -> EvolutionConfig:
         return EvolutionConfig(self.population, self.tournament, bit_choices=tuple(self.bit_choices),
-                               bit_move=self.bit_move, mutation=self.mutation)
+                               bit_move=self.bit_move, mutation=self.mutation, children=self.mp_children)
 
     # ---- stage 1 -------------------------------------------------------------------------
     def data_loss(self, task: Task, net: nn.Module, capture: MHSACapture, labels: torch.Tensor | None,
@@ -264,6 +266,8 @@ class ClampViT(Method):
         images = images.to(task.device)
         qnet = calibrate(quantize_model(net, config), images.split(32))
         report = {"calibration": f"{self.name}:{self.n}", "n_calib": self.n, "images": str(path)}
+        generation_steps = 0 if self.data == "gaussian" else sum(steps for steps, _ in self.rounds)
+        image_steps = generation_steps
         if self.search:
             if self.fitness_images == "unlabelled":  # calibrated on stage 1's images, searched on these
                 def unlabelled() -> torch.Tensor:
@@ -271,8 +275,11 @@ class ClampViT(Method):
                 images, fit_path = cached_images({**key, "stage": "1-unlabelled"}, unlabelled, task.input_spec)
                 images = images.to(task.device)
                 report["fitness_images"] = str(fit_path)
+                image_steps += generation_steps
             images, search_report = Search(self, task, net, qnet, images, config.mixed, seed, self.held_out).run()
             report.update(search_report)
+            image_steps += search_report["refine_steps"]
+        report["image_steps"] = image_steps  # every optimiser step on synthetic images: the generation budget
         report["image_stats"] = image_stats(images, task.input_spec)
         comp = compression_report(qnet)
         # plain means over layers, the way the paper writes W4.9/A6.2 (weighted means are in the row)

@@ -381,6 +381,32 @@ def test_a_stepped_bit_gene_moves_one_bit_within_the_choices():
         EvolutionConfig(bit_move="jump")
 
 
+def test_apart_children_move_one_bit_gene_or_the_scales_never_both():
+    """mp_children=apart: a bit child moves exactly one bit gene by one bit, and only a weight whose
+    bits moved leaves its scales (restarting at its min-max scale there); a scale child keeps the bits."""
+    rescaled = torch.full((3,), 9.0)
+    evo = Evolution(EvolutionConfig(bit_move="step", children="apart"), seed=0, mixed=True,
+                    rescale=lambda name, bits: rescaled)
+    scales = {"a.weight": torch.ones(3), "b.weight": torch.ones(3)}
+    parent = Candidate(dict(scales), bits={"a.weight": 4, "b.weight": 4, "a.out": 8})
+    kinds = set()
+    for _ in range(60):
+        child = evo.mutate(parent, parent.bits.__getitem__)
+        moved = {n for n in parent.bits if child.bits[n] != parent.bits[n]}
+        changed = {n for n in scales if not torch.equal(child.scales[n], parent.scales[n])}
+        if moved:
+            kinds.add("bits")
+            (name,) = moved
+            assert abs(child.bits[name] - parent.bits[name]) == 1
+            assert changed == moved & set(scales) and all(torch.equal(child.scales[n], rescaled) for n in changed)
+        else:
+            kinds.add("scales")
+            assert changed == set(scales)
+    assert kinds == {"bits", "scales"}
+    with pytest.raises(ValueError, match="unknown children"):
+        EvolutionConfig(children="both")
+
+
 @pytest.mark.parametrize("bits, r", [(4, 0.08), (8, 0.13)])
 def test_a_relative_mutation_moves_each_channel_within_its_own_fraction(bits, r):
     evo = Evolution(EvolutionConfig(mutation="relative"), seed=1)

@@ -10,7 +10,11 @@ fitness never increases. Options of ours: per-tensor activation scale multiplier
 (multiplicative, +-1% at <= 4 bits, +-0.1% above); ``mutation="relative"``, the radius a fraction
 of each channel's own scale (Evol-Q's absolute radii, tuned on DeiT, are 12-51% of the median
 8-bit channel scale of DINOv2-S); and, for mixed precision, bit-width genes, redrawn from
-``bit_choices`` (``bit_mutation="redraw"``) or moved one bit up or down (``"step"``).
+``bit_choices`` (``bit_move="redraw"``) or moved one bit up or down (``"step"``), in every child
+together with its scales (``children="joint"``) or in children of their own (``"apart"``: a bit child,
+with probability ``bit_child_rate``, moves one bit gene and keeps every scale but those a new
+bit-width restarts; a scale child keeps the bits), so that a plan is judged by its bits and not by a
+lucky scale mutation riding along.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ class EvolutionConfig:
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)  # mixed-precision genes
     bit_mutation: float = 0.1  # probability that a bit gene mutates
     bit_move: str = "redraw"  # redraw: any of bit_choices; step: one bit up or down, within them
+    children: str = "joint"  # joint: bits and scales mutate in one child; apart: a child moves either
+    bit_child_rate: float = 0.5  # ... the share of bit children when apart
     mutation: str = "absolute"  # absolute: Evol-Q's radii; relative: the radii below times each channel's scale
     # Evol-Q's radii as fractions of the median channel scale of a DeiT (micro DeiT, measured: 1e-3 is
     # 7.8% of its 4-bit median, 1e-4 13.3% of its 8-bit one; on DINOv2-S they are 13.3% and 22.5%)
@@ -58,10 +64,13 @@ class EvolutionConfig:
             raise ValueError(f"unknown bit mutation {self.bit_move!r}: use {' or '.join(BIT_MOVES)}")
         if self.mutation not in MUTATIONS:
             raise ValueError(f"unknown mutation {self.mutation!r}: use {' or '.join(MUTATIONS)}")
+        if self.children not in CHILDREN:
+            raise ValueError(f"unknown children {self.children!r}: use {' or '.join(CHILDREN)}")
 
 
 BIT_MOVES = ("redraw", "step")
 MUTATIONS = ("absolute", "relative")
+CHILDREN = ("joint", "apart")
 
 
 class Evolution:
@@ -85,10 +94,26 @@ class Evolution:
         cfg = self.config
         child = parent.copy()
         child.held = None
+        if self.mixed and cfg.children == "apart":
+            if child.bits and self.rng.random() < cfg.bit_child_rate:
+                name = self.rng.choice(sorted(child.bits))
+                child.bits[name] = self.new_bits(child.bits[name])
+                if name in child.scales and child.bits[name] != parent.bits[name]:
+                    child.scales[name] = self.rescale(name, child.bits[name])
+                return child
+            self._mutate_scales(parent, child, bits_of)
+            return child
         if self.mixed:
             for name in child.bits:
                 if self.rng.random() < cfg.bit_mutation:
                     child.bits[name] = self.new_bits(child.bits[name])
+        self._mutate_scales(parent, child, bits_of)
+        return child
+
+    def _mutate_scales(self, parent: Candidate, child: Candidate, bits_of: Callable[[str], int]) -> None:
+        """Evol-Q's scale mutation of ``child`` (a copy of ``parent``, its bits already chosen): a
+        weight whose bits moved restarts from its min-max scale at the new bits."""
+        cfg = self.config
         for name, scale in parent.scales.items():
             bits = child.bits.get(name, bits_of(name))
             if bits != parent.bits.get(name, bits):
@@ -102,7 +127,6 @@ class Evolution:
         for name, mult in parent.mults.items():
             step = cfg.mult_step_low_bits if child.bits.get(name, bits_of(name)) <= 4 else cfg.mult_step_high_bits
             child.mults[name] = mult * (1 + self.rng.uniform(-step, step))
-        return child
 
     def initial(self, start: Candidate, fitness: Callable[[Candidate], float]) -> list[Candidate]:
         """``population`` copies of the start, evaluated once (Evol-Q's initial population)."""
