@@ -242,7 +242,7 @@ def test_recalibration_reobserves_activations_and_keeps_what_the_search_set():
     assert report["refine_steps"] > 0
 
 
-def test_unlabelled_fitness_images_are_generated_without_the_label_term(task, monkeypatch):
+def test_unlabelled_fitness_images_are_generated_without_the_label_term(task, monkeypatch, image_steps):
     """fitness_images=unlabelled: the search runs on a second batch generated with no labels (and
     refines it with none), calibration stays on stage 1's; the TV target of the seed is the same."""
     seen = []
@@ -252,6 +252,7 @@ def test_unlabelled_fitness_images_are_generated_without_the_label_term(task, mo
     method = ClampViT(**TINY, fitness_images="unlabelled")
     _, report = method.quantize(task, task.build_model(), QuantConfig(BitPlan(4, 8)), 0)
     assert seen == [True, False] and report["fitness_images"] != report["images"]
+    assert report["image_steps"] == image_steps[0] == 2 * 3 + report["refine_steps"]  # both batches count
     assert method._prior_inputs(task, 0, labelled=False)[0] is None
     assert method._prior_inputs(task, 0, labelled=False)[1] == method._prior_inputs(task, 0)[1]
 
@@ -303,7 +304,7 @@ def test_mixed_precision_never_exceeds_the_size_or_bops_of_uniform_w4a8(task):
     assert len(report["fitness_start"]) == len(report["fitness_end"]) == 4  # one per Swin block
 
 
-def test_refine_reuses_the_stage1_labels_and_tv_target(task, monkeypatch):
+def test_refine_reuses_the_stage1_labels_and_tv_target(task, monkeypatch, image_steps):
     seen = []
     real_data_loss = ClampViT.data_loss
 
@@ -316,6 +317,7 @@ def test_refine_reuses_the_stage1_labels_and_tv_target(task, monkeypatch):
     assert len(seen) == 1 + 4 * 2  # stage 1, then per block a refinement every cycles/2 = 1 cycle
     assert all(torch.equal(labels, seen[0][0]) and goal == seen[0][1] for labels, goal in seen)
     assert report["refine_steps"] == 8 * TINY["refine_steps"]
+    assert report["image_steps"] == image_steps[0] == 2 + 8 * TINY["refine_steps"]
 
 
 @pytest.mark.parametrize("base, options, silenced, appears", [

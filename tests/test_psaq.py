@@ -69,10 +69,11 @@ def test_generation_is_deterministic_under_a_seed(task):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_psaq_quantizes_and_saves_its_images(task):
+def test_psaq_quantizes_and_saves_its_images(task, image_steps):
     model = task.build_model()
     qmodel, report = PSAQViT(n=8, **TINY).quantize(task, model, QuantConfig(BitPlan(8, 8)), seed=0)
     assert report["calibration"] == "psaq-vit:8"
+    assert report["image_steps"] == image_steps[0] == 4 * 2  # 4 steps in each of 2 jitter rounds
     assert torch.load(report["images"]).shape == (8, 3, 32, 32)
     assert Path(report["images"]).with_suffix(".png").is_file()
     assert task.evaluate(qmodel)["top1"] > 50
@@ -86,7 +87,7 @@ def test_literal_constants_stay_reachable(task):
     assert scaled.lr == 0.25  # Swin
 
 
-def test_v2_runs_label_free_on_a_bare_backbone():
+def test_v2_runs_label_free_on_a_bare_backbone(image_steps):
     task = BackboneTask()
     model = task.build_model()
     v2 = PSAQViTV2(n=4, steps=3, rounds=2, image_steps=2, student_steps=3)
@@ -94,6 +95,7 @@ def test_v2_runs_label_free_on_a_bare_backbone():
     x = torch.randn(2, 3, 32, 32)
     assert qmodel(x).shape == model(x).shape == (2, 48)
     assert len(report["student_loss"]) == 2
+    assert report["image_steps"] == image_steps[0] == 3 + 2 * 2  # warm start, then 2 rounds of 2 image steps
     with pytest.raises(ValueError, match="psaq-vit needs class labels"):
         PSAQViT(n=4, **TINY).quantize(task, model, QuantConfig(BitPlan(4, 8)), seed=0)
 
