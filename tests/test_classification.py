@@ -44,7 +44,7 @@ def test_w16a16_within_0p1_and_w8a8_within_1_point(swin_task):
     q8, report = RealData().quantize(swin_task, model, QuantConfig(BitPlan(8, 8)), seed=0)
     assert abs(swin_task.evaluate(q16)["top1"] - fp) <= 0.1
     assert abs(swin_task.evaluate(q8)["top1"] - fp) <= 1.0
-    assert report == {"calibration": "real:32", "n_calib": 32}
+    assert report == {"calibration": "real:32", "n_calib": 32, "image_steps": 0}
 
 
 def test_more_bits_never_much_worse(swin_task):
