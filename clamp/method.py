@@ -167,15 +167,15 @@ class ClampViT(Method):
     groups: str = "modules"  # quantizers outside the blocks join a block in module or forward order
     global_loss: str = "task"  # the fitness's output term: the task's (KL of logits, L_O) or Evol-Q's InfoNCE
     global_tau: float = 3.0  # InfoNCE's temperature (Evol-Q's T)
-    recalibrate: bool = False  # re-observe the activation ranges on the refined images
+    recalibrate: bool = True  # re-observe the activation ranges on the refined images (#28: measured)
     fitness_images: str = "stage1"  # the search's images: stage 1's, or a batch generated without the label term
-    mutation: str = "absolute"  # Evol-Q's radii, or relative to each channel's scale
+    mutation: str = "relative"  # to each channel's scale, or Evol-Q's absolute radii (tuned for DeiT)
     # mixed precision
     bit_choices: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
-    bit_move: str = "redraw"  # a mutated bit gene: redrawn from bit_choices, or one bit up or down (step)
-    mp_children: str = "joint"  # bits and scales mutate in one child (joint), or in children of their own (apart)
-    mp_genes: str = "all"  # every quantizer's bits are genes, or only those the budget counts (cost)
-    budget: str = "size+bops"  # the MP budget rule (clamp/search/mixed.py): or bops, matmuls counted
+    bit_move: str = "step"  # a mutated bit gene: one bit up or down, or redrawn from bit_choices (redraw)
+    mp_children: str = "apart"  # bits and scales mutate in children of their own (apart), or in one child (joint)
+    mp_genes: str = "cost"  # only the sites the budget counts carry bit genes, or every quantizer (all)
+    budget: str = "bops"  # the MP budget rule (clamp/search/mixed.py): BOPS with the matmuls, or size+bops
 
     name = "clamp-vit"
     mixed_precision = True

@@ -28,6 +28,7 @@ from clamp.quant import (
     recalibrate_activations,
 )
 from clamp.search.evolution import Candidate, Evolution, EvolutionConfig, best
+from clamp.search.mixed import BitBudget
 from tasks.classification import ClassificationTask
 
 # a CLAMP-ViT small enough for a unit test; every stage still runs
@@ -289,10 +290,11 @@ def test_clamp_is_deterministic_under_a_seed(task):
 
 
 def test_mixed_precision_never_exceeds_the_size_or_bops_of_uniform_w4a8(task):
+    """budget=size+bops, the first rule: neither the size nor the layer BOPS of uniform W4/A8."""
     model = task.build_model()
     uniform = calibrate(quantize_model(model, QuantConfig(BitPlan(4, 8))), [task.real_images(4, 0)])
     target = compression_report(uniform)
-    qmodel, report = ClampViT(**{**TINY, "passes": 2, "cycles": 4}).quantize(
+    qmodel, report = ClampViT(**{**TINY, "passes": 2, "cycles": 4, "budget": "size+bops"}).quantize(
         task, model, QuantConfig(BitPlan(4, 8), mixed=True), seed=0)
     got = compression_report(qmodel)
     assert got["size_mb"] <= target["size_mb"] * (1 + 1e-9)
@@ -302,6 +304,23 @@ def test_mixed_precision_never_exceeds_the_size_or_bops_of_uniform_w4a8(task):
     assert report["gbops_target"] == pytest.approx(target["gbops"], rel=1e-5)
     assert report["bits"].startswith("W")
     assert len(report["fitness_start"]) == len(report["fitness_end"]) == 4  # one per Swin block
+
+
+def test_default_mixed_precision_keeps_the_bops_of_uniform_w4a8_with_the_matmuls(task):
+    """The defaults are the paper's rule (#28): BOPS alone, q·kᵀ and attn·v counted; the size may rise."""
+    model = task.build_model()
+    uniform = calibrate(quantize_model(task.backbone(model), QuantConfig(BitPlan(4, 8), mixed=True)),
+                        [task.real_images(4, 0)])
+    target = BitBudget(uniform, "bops")
+    qmodel, report = ClampViT(**{**TINY, "passes": 2, "cycles": 4}).quantize(
+        task, model, QuantConfig(BitPlan(4, 8), mixed=True), seed=0)
+    base = {q.name: q.bits for q in quantizers(uniform)}
+    got = {q.name: q.bits for q in quantizers(qmodel)}
+    assert report["budget"] == "bops" and set(got) == set(base)
+    assert target.bops(got) <= target.target_bops * (1 + 1e-9)
+    assert report["gbops_target"] == pytest.approx(target.target_bops / 1e9, rel=1e-5)
+    free = {q.name for q in quantizers(uniform)} - target.cost_sites
+    assert all(got[n] == base[n] for n in free)  # cost-free sites stay at the base bits
 
 
 def test_refine_reuses_the_stage1_labels_and_tv_target(task, monkeypatch, image_steps):
@@ -423,7 +442,6 @@ def test_bops_budget_by_hand_on_micro_deit_with_the_matmuls():
     layers 64 x 96 x 48 (patch embedding) + 4 x 65 x (96 x 288 + 96 x 96 + 96 x 384 + 384 x 96) + 96 x 10
     MACs at 4 x 8 bits; per block q·kᵀ 3 x 65 x 65 x 32 MACs at 8 x 8 (both from qkv's output) and
     attn·v as many at 32 x 8 (the softmax is FP in the reference layout)."""
-    from clamp.search.mixed import BitBudget
     from tasks.classification import ClassificationTask
     net = ClassificationTask(DEIT, n_eval=100).build_model()
     qnet = calibrate(quantize_model(net, QuantConfig(BitPlan(4, 8))), [torch.randn(2, 3, 32, 32)])
