@@ -26,7 +26,10 @@ redrawn from ``bit_choices``, or one bit up or down), ``mp_children`` (bits and 
 child, or apart: a bit child moves one bit gene), ``mp_genes`` (every quantizer, or only the
 sites the budget counts) and ``budget`` (size and layer BOPS of uniform Wx/Ay, or BOPS alone with
 the attention matmuls: clamp/search/mixed.py). Ablations: ``data`` (contrastive / psaq /
-gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``.
+gaussian), ``search``, ``adaptation``, ``local_loss``, ``output_loss``. The defaults of
+``mutation``, ``recalibrate`` and the four mixed-precision options were chosen by measurement
+on the micro and pretrained tiers, 3 seeds (#28, docs/findings.md); the other stage-2 options
+measured no better and stay off.
 """
 from __future__ import annotations
 
